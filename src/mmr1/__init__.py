@@ -1,0 +1,1 @@
+"""mmr1: Hydra-configured multimodal GRPO on TRL."""
