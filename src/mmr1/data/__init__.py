@@ -1,0 +1,22 @@
+"""mmr1's data layer: the seed's three tasks (hub, local or synthetic), one image resolution, bad rows.
+
+Public API (what the training spine calls)::
+
+    limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
+    bundle = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                            seed=cfg.seed)
+    preflight(processor, bundle, max_pixels=limits.max_pixels, max_completion_length=..., max_length=...)
+"""
+
+from mmr1.data.build import DataBundle, build_datasets, build_messages, load_system_prompt
+from mmr1.data.config import DatasetConfig, OnBadRow, Source
+from mmr1.data.images import PixelLimits, image_tokens, resolve_pixel_limits, smart_resize
+from mmr1.data.registry import Registry
+from mmr1.data.sources import SOURCES, TASKS
+from mmr1.data.synthetic import GENERATORS
+
+__all__ = [
+    "GENERATORS", "SOURCES", "TASKS", "DataBundle", "DatasetConfig", "OnBadRow", "PixelLimits", "Registry",
+    "Source", "build_datasets", "build_messages", "image_tokens", "load_system_prompt",
+    "resolve_pixel_limits", "smart_resize",
+]

@@ -1,0 +1,164 @@
+"""Procedural stand-ins for the seed's three datasets: same columns (image, problem, solution), offline,
+CPU-sized, deterministic per seed, answers checkable by the seed's ``external_r1v_acc``.
+
+Each generator is ``fn(num_samples, seed, image_size) -> list[dict]`` with PIL images; rows then take
+the same path as hub rows (RGB, smart_resize, prompt building), so the synthetic face tests it too.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from PIL import Image, ImageDraw
+
+from mmr1.data.registry import Registry
+
+GENERATORS: Registry = Registry("synthetic generator")
+
+# Distinct, saturated colours: the tiny model must tell objects apart from the white background.
+COLOURS = {
+    "red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 50), "orange": (245, 140, 20),
+    "purple": (140, 40, 170), "black": (20, 20, 20), "cyan": (20, 180, 200), "brown": (130, 80, 30),
+}
+CLEVR_PROBLEM = "How many items are there in the image?"  # the ClevrCount dataset's problem text
+
+
+def _rng(seed: int, index: int) -> random.Random:
+    # One stream per row: row i is the same whatever num_samples is, so limit/eval splits stay stable.
+    return random.Random(f"mmr1-{seed}-{index}")
+
+
+@GENERATORS.register("synthetic_count")
+def synthetic_count(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """Counting with one object per 28x28 cell (one image token each) on white, 1-3 objects of distinct
+    colours, circle or square, radius 8-11, small jitter: the layout a ~1M-parameter Qwen2.5-VL learns
+    to count (free placement on grey stayed at chance; notes/tiny-vlm-facts.md).
+
+    >>> rows = synthetic_count(2, seed=0)
+    >>> rows[0]["image"].size, rows[0]["problem"], rows[0]["solution"] == synthetic_count(1, 0)[0]["solution"]
+    ((84, 84), 'How many items are there in the image?', True)
+    """
+    side = image_size or 84
+    cell = 28
+    grid = side // cell
+    rows = []
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        k = rng.randint(1, 3)
+        img = Image.new("RGB", (side, side), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        cells = rng.sample(range(grid * grid), k)
+        for c, colour in zip(cells, rng.sample(sorted(COLOURS), k), strict=True):
+            r = rng.randint(8, 11)
+            slack = cell // 2 - r  # jitter that keeps the object inside its cell
+            cx = (c % grid) * cell + cell // 2 + rng.randint(-slack, slack)
+            cy = (c // grid) * cell + cell // 2 + rng.randint(-slack, slack)
+            box = (cx - r, cy - r, cx + r, cy + r)
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=COLOURS[colour])
+        rows.append({"image": img, "problem": CLEVR_PROBLEM, "solution": f"<answer> {k} </answer>"})
+    return rows
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str) -> None:
+    draw.text(xy, text, fill=(0, 0, 0), anchor="mm")
+
+
+@GENERATORS.register("synthetic_geoqa")
+def synthetic_geoqa(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """Geometry figures with labelled values and a question whose number follows from the figure:
+    a triangle's third angle, a right triangle's hypotenuse (Pythagorean triples), a circle's
+    diameter from its labelled radius. Solutions are ``<answer>N</answer>`` like GeoQA-R1V's."""
+    side = image_size or 168
+    rows = []
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        img = Image.new("RGB", (side, side), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        kind = rng.choice(("angle", "hypotenuse", "diameter"))
+        m = side * 0.15
+        if kind == "angle":
+            a, b = rng.randint(30, 80), rng.randint(30, 80)
+            pa, pb = (m, side - m), (side - m, side - m)
+            # apex from the two base angles, scaled into the canvas
+            ta, tb = math.tan(math.radians(a)), math.tan(math.radians(b))
+            base = pb[0] - pa[0]
+            x = base * tb / (ta + tb)
+            h = min(x * ta, side - 2 * m)
+            pc = (pa[0] + x, pa[1] - h)
+            draw.polygon([pa, pb, pc], outline=(0, 0, 0), width=2)
+            _label(draw, (pa[0] + 14, pa[1] - 8), f"{a}°")
+            _label(draw, (pb[0] - 14, pb[1] - 8), f"{b}°")
+            for p, name in ((pa, "A"), (pb, "B"), (pc, "C")):
+                _label(draw, (p[0], p[1] + 8 if name != "C" else p[1] - 8), name)
+            problem = "As shown in the figure, in triangle ABC, what is the degree of angle C?"
+            answer = 180 - a - b
+        elif kind == "hypotenuse":
+            k = rng.randint(1, 4)
+            p, q, r = rng.choice(((3, 4, 5), (5, 12, 13), (8, 15, 17), (6, 8, 10)))
+            pa, pb, pc = (m, side - m), (side - m, side - m), (m, m)
+            draw.polygon([pa, pb, pc], outline=(0, 0, 0), width=2)
+            draw.rectangle((pa[0], pa[1] - 10, pa[0] + 10, pa[1]), outline=(0, 0, 0))  # right-angle mark
+            _label(draw, ((pa[0] + pb[0]) / 2, pa[1] + 9), str(q * k))
+            _label(draw, (pa[0] - 10, (pa[1] + pc[1]) / 2), str(p * k))
+            problem = "As shown in the figure, in the right triangle, what is the length of the hypotenuse?"
+            answer = r * k
+        else:
+            radius = rng.randint(2, 30)
+            c, rr = side / 2, side / 2 - m
+            draw.ellipse((c - rr, c - rr, c + rr, c + rr), outline=(0, 0, 0), width=2)
+            draw.line((c, c, c + rr, c), fill=(0, 0, 0), width=2)
+            _label(draw, (c + rr / 2, c - 9), str(radius))
+            _label(draw, (c - 6, c + 6), "O")
+            problem = "As shown in the figure, circle O has the labelled radius. What is the length of its diameter?"
+            answer = 2 * radius
+        rows.append({"image": img, "problem": problem, "solution": f"<answer>{answer}</answer>"})
+    return rows
+
+
+CATEGORIES = ("apples", "pears", "plums", "grapes", "lemons", "cherries")
+
+
+@GENERATORS.register("synthetic_chart")
+def synthetic_chart(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """Bar or pie charts (PIL, no matplotlib import cost) with a question answered by a label (which
+    category is largest) or a value (how much of a category), like Open R1's charts and maps."""
+    side = image_size or 224
+    rows = []
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        n = rng.randint(3, 5)
+        names = rng.sample(CATEGORIES, n)
+        values = rng.sample(range(1, 10), n)  # distinct, so "largest" has one answer
+        colours = [COLOURS[c] for c in rng.sample(sorted(COLOURS), n)]
+        img = Image.new("RGB", (side, side), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        if rng.random() < 0.5:
+            bw, base = side / (n + 1), side - 30
+            for j, (name, v, col) in enumerate(zip(names, values, colours, strict=True)):
+                x0 = bw * (j + 0.5)
+                top = base - v * (base - 20) / 9
+                draw.rectangle((x0, top, x0 + bw * 0.8, base), fill=col)
+                _label(draw, (x0 + bw * 0.4, top - 7), str(v))
+                _label(draw, (x0 + bw * 0.4, base + 10 + 10 * (j % 2)), name)
+            kind = "bar chart"
+        else:
+            total, start, r = sum(values), -90.0, side * 0.3
+            c = (side * 0.35, side / 2)
+            for j, (name, v, col) in enumerate(zip(names, values, colours, strict=True)):
+                end = start + 360 * v / total
+                draw.pieslice((c[0] - r, c[1] - r, c[0] + r, c[1] + r), start, end, fill=col)
+                start = end
+                y = 20 + j * 18
+                draw.rectangle((side * 0.72, y - 5, side * 0.72 + 10, y + 5), fill=col)
+                draw.text((side * 0.72 + 14, y), f"{name} {v}", fill=(0, 0, 0), anchor="lm")
+            kind = "pie chart"
+        if rng.random() < 0.5:
+            problem = f"Based on the {kind}, which category has the largest value?"
+            answer = names[values.index(max(values))]
+        else:
+            j = rng.randrange(n)
+            problem = f"Based on the {kind}, what is the value of {names[j]}?"
+            answer = str(values[j])
+        rows.append({"image": img, "problem": problem, "solution": f"<answer>{answer}</answer>"})
+    return rows
