@@ -121,7 +121,7 @@ def build_datasets(
     n = len(raw)
     order = (np.random.default_rng(shuffle_seed).permutation(n) if cfg.shuffle else np.arange(n)).tolist()
     if cfg.limit is not None:
-        order = order[: cfg.limit]
+        order = order[: cfg.eval_size + cfg.limit]  # limit counts training rows; eval is held out on top
 
     bad = _BadRows(name, cfg.on_bad_row)
     resizer = ImageResizer(limits)

@@ -41,7 +41,7 @@ class DatasetConfig:
     # Where relative image paths in a jsonl/parquet resolve; None = the data file's directory.
     image_dir: str | None = None
     split: str = "train"
-    # Rows read (train + eval) after shuffling; None = all.
+    # Training rows kept after shuffling (eval_size more are read for eval); None = all.
     limit: int | None = None
     shuffle: bool = True
     # Shuffle/generation seed; None = the run's top-level seed.
@@ -55,7 +55,7 @@ class DatasetConfig:
     query_suffix: str = (
         " Output the thinking process in <think> </think> and\n final answer (number) in <answer> </answer> tags."
     )
-    # source=synthetic: how many rows to generate, and the side of generated images (None = the
+    # source=synthetic: how many training rows to generate (plus eval_size), and the side of generated images (None = the
     # generator's own: 84 for counting, i.e. a 3x3 grid of 28-px cells = 9 image tokens).
     num_samples: int = 2000
     image_size: int | None = None

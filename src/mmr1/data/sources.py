@@ -36,7 +36,7 @@ for _name in ("synthetic_count", "synthetic_geoqa", "synthetic_chart"):
 
 @SOURCES.register("synthetic")
 def load_synthetic(cfg: DatasetConfig, seed: int) -> tuple[list[dict], None]:
-    n = cfg.num_samples if cfg.limit is None else min(cfg.num_samples, cfg.limit)
+    n = cfg.eval_size + (cfg.num_samples if cfg.limit is None else min(cfg.num_samples, cfg.limit))
     return GENERATORS.get(TASKS.get(cfg.name).generator)(n, seed, cfg.image_size), None
 
 

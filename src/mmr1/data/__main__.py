@@ -1,0 +1,58 @@
+"""Preview a dataset through the training config: ``python -m mmr1.data +experiment=geoqa dataset.limit=3``.
+
+One JSON line per row: ``messages`` (system + user, each content as the plain string of its text parts;
+the image is described by the size keys), ``image_size_before`` / ``image_size_after`` ([width, height]),
+``image_tokens`` (what the image costs the model) and ``solution``. Then one ``# stats`` line on stderr.
+The eval split is not built (``eval_size`` is set to 0): ``dataset.limit=N`` prints N rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+def preview_rows(bundle, limit: int | None = None):
+    from mmr1.data.images import image_tokens
+
+    for split in (bundle.train, bundle.eval):
+        if split is None:
+            continue
+        for i in range(len(split) if limit is None else min(limit, len(split))):
+            row = split[i]
+            w, h = row["image"].size
+            yield {
+                "messages": [
+                    {"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p.get("text"))}
+                    for m in row["prompt"]
+                ],
+                "image_size_before": list(row["image_size_before"]),
+                "image_size_after": [w, h],
+                "image_tokens": image_tokens(w, h),
+                "solution": row["solution"],
+            }
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from mmr1.data import build_datasets, resolve_pixel_limits
+
+    model = cfg.get("model") or {}
+    limits = resolve_pixel_limits(model.get("max_pixels"), model.get("min_pixels"))
+    seed = cfg.get("trainer", {}).get("seed", cfg.get("seed", 0))
+    # A preview shows training rows: `dataset.limit=3` prints 3 rows without building the eval set.
+    dataset_cfg = {**OmegaConf.to_container(cfg.dataset), "eval_size": 0}
+    bundle = build_datasets(dataset_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
+    for row in preview_rows(bundle):
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    print("# stats " + json.dumps(bundle.stats), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
