@@ -120,12 +120,21 @@ def test_missing_image_file_names_path(tmp_path):
 
 @pytest.mark.parametrize("task", ["synthetic_count", "geoqa", "openr1_mm", "clevr_count"])
 def test_synthetic_deterministic_with_eval(task):
-    cfg = {"name": task, "source": "synthetic", "num_samples": 12, "eval_size": 4, "query_suffix": ""}
+    cfg = {"name": task, "source": "synthetic", "num_samples": 12, "eval_size": 4}
     a, b = build(cfg, seed=3), build(cfg, seed=3)
     assert (len(a.train), len(a.eval)) == (12, 4)
     assert a.train["solution"] == b.train["solution"] and a.train["image_id"] == b.train["image_id"]
     assert build(cfg, seed=4).train["image_id"] != a.train["image_id"]
     check_rows(a.train, LIMITS["max_pixels"])
+
+
+def test_suffix_is_the_tasks_own_unless_set():
+    geo = build({"name": "geoqa", "source": "synthetic", "num_samples": 1, "eval_size": 0})
+    assert geo.train[0]["prompt"][1]["content"][1]["text"] == geo.train[0]["problem"]
+    count = build({"name": "clevr_count", "source": "synthetic", "num_samples": 1, "eval_size": 0})
+    assert count.train[0]["prompt"][1]["content"][1]["text"].endswith(SUFFIX)
+    own = build({"source": "synthetic", "num_samples": 1, "eval_size": 0, "query_suffix": " Q"})
+    assert own.train[0]["prompt"][1]["content"][1]["text"].endswith("image? Q")
 
 
 def test_limit_counts_training_rows_and_dedups_images():

@@ -39,19 +39,25 @@ def preview_rows(bundle, limit: int | None = None):
             }
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def preview(cfg: DictConfig) -> tuple[list[dict], dict]:
+    """Build the configured dataset as training would (same pixel limits, seed) and describe its rows."""
     from mmr1.data import build_datasets, resolve_pixel_limits
 
     model = cfg.get("model") or {}
     limits = resolve_pixel_limits(model.get("max_pixels"), model.get("min_pixels"))
-    seed = cfg.get("trainer", {}).get("seed", cfg.get("seed", 0))
+    seed = (cfg.get("trainer") or {}).get("seed", cfg.get("seed", 0))
     # A preview shows training rows: `dataset.limit=3` prints 3 rows without building the eval set.
     dataset_cfg = {**OmegaConf.to_container(cfg.dataset), "eval_size": 0}
     bundle = build_datasets(dataset_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
-    for row in preview_rows(bundle):
+    return list(preview_rows(bundle)), bundle.stats
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    rows, stats = preview(cfg)
+    for row in rows:
         print(json.dumps(row, ensure_ascii=False), flush=True)
-    print("# stats " + json.dumps(bundle.stats), file=sys.stderr)
+    print("# stats " + json.dumps(stats), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def build_datasets(
 
     cfg = to_config(dataset_cfg)
     name = cfg.name
-    TASKS.get(name)  # unknown task names fail before any download
+    task = TASKS.get(name)  # unknown task names fail before any download
+    suffix = task.query_suffix if cfg.query_suffix is None else cfg.query_suffix
     if min_pixels is not None and max_pixels is not None:
         limits = PixelLimits(int(min_pixels), int(max_pixels))
     else:
@@ -143,7 +144,7 @@ def build_datasets(
         extras = {k: v for k, v in row.items() if k not in ADDED and k != "images"}
         out.append({
             **extras,
-            "prompt": build_messages(system_prompt, row["problem"] + cfg.query_suffix),
+            "prompt": build_messages(system_prompt, row["problem"] + suffix),
             "image": {"bytes": img["png"], "path": None},
             "image_id": img["id"],
             "image_size_before": list(img["size_before"]),

@@ -51,10 +51,10 @@ class DatasetConfig:
     on_bad_row: OnBadRow = OnBadRow.error
     # System prompt file; None = the seed's R1-V prompt shipped in mmr1/prompts/r1v_system.txt.
     system_prompt: str | None = None
-    # Appended to the problem text verbatim (clevr_count: the seed ClevrPreprocessor's suffix).
-    query_suffix: str = (
-        " Output the thinking process in <think> </think> and\n final answer (number) in <answer> </answer> tags."
-    )
+    # Appended to the problem text verbatim; None = the task's own (clevr_count/synthetic_count: the
+    # seed ClevrPreprocessor's suffix, TASKS[name].query_suffix; the others: nothing). A default in
+    # code, not here, so a config naming another task never inherits the counting suffix.
+    query_suffix: str | None = None
     # source=synthetic: how many training rows to generate (plus eval_size), and the side of generated images (None = the
     # generator's own: 84 for counting, i.e. a 3x3 grid of 28-px cells = 9 image tokens).
     num_samples: int = 2000

@@ -15,23 +15,31 @@ from mmr1.data.config import DatasetConfig
 from mmr1.data.registry import Registry
 from mmr1.data.synthetic import GENERATORS
 
+# The seed's ClevrPreprocessor appends this to the problem, byte for byte: a space, the text, a newline
+# and a space ("... and\n final answer ..."), exactly as its triple-quoted f-string produces.
+CLEVR_SUFFIX = " Output the thinking process in <think> </think> and\n final answer (number) in <answer> </answer> tags."
+
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What mmr1 knows about a task beyond its yaml: the generator used for ``source=synthetic``."""
+    """What mmr1 knows about a task beyond its yaml: the generator used for ``source=synthetic`` and
+    the text the seed appends to every problem (``dataset.query_suffix=null`` means this one)."""
 
     generator: str
+    query_suffix: str = ""
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
 SOURCES: Registry = Registry("dataset source")
 
 # The seed's three datasets, each with its offline stand-in; the stand-ins are tasks of their own too.
-TASKS.register("clevr_count")(TaskSpec(generator="synthetic_count"))
+# Only ClevrCount had a preprocessor; GeoQA and Open R1 feed the problem text as is.
+TASKS.register("clevr_count")(TaskSpec(generator="synthetic_count", query_suffix=CLEVR_SUFFIX))
 TASKS.register("geoqa")(TaskSpec(generator="synthetic_geoqa"))
 TASKS.register("openr1_mm")(TaskSpec(generator="synthetic_chart"))
-for _name in ("synthetic_count", "synthetic_geoqa", "synthetic_chart"):
-    TASKS.register(_name)(TaskSpec(generator=_name))
+TASKS.register("synthetic_count")(TaskSpec(generator="synthetic_count", query_suffix=CLEVR_SUFFIX))
+TASKS.register("synthetic_geoqa")(TaskSpec(generator="synthetic_geoqa"))
+TASKS.register("synthetic_chart")(TaskSpec(generator="synthetic_chart"))
 
 
 @SOURCES.register("synthetic")

@@ -1,0 +1,53 @@
+"""The preview (`python -m mmr1.data ...`) on a minimal compose of conf/dataset: keys and pixel bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mmr1.data.__main__ import CONF_DIR, preview
+
+KEYS = {"messages", "image_size_before", "image_size_after", "image_tokens", "solution"}
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    # Stand-in for the spine's conf/train.yaml: only what the preview reads, dataset group from conf/.
+    (tmp_path / "train.yaml").write_text(
+        "defaults:\n  - dataset: synthetic_count\n  - _self_\n"
+        "model: {max_pixels: null, min_pixels: null}\ntrainer: {seed: 0}\n"
+        f"hydra:\n  searchpath: ['file://{CONF_DIR}']\n"
+    )
+
+    def make(*overrides):
+        with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+
+    return make
+
+
+def test_preview_rows(compose_cfg):
+    rows, stats = preview(compose_cfg("dataset=clevr_count", "dataset.source=synthetic", "dataset.limit=3"))
+    assert len(rows) == 3 and all(set(r) == KEYS for r in rows)
+    system, user = rows[0]["messages"]
+    assert system["role"] == "system" and isinstance(system["content"], str)
+    assert user["content"].endswith("in <answer> </answer> tags.")
+    assert rows[0]["image_tokens"] == 9 and stats["skipped"] == 0
+
+
+@pytest.mark.parametrize("env,override,bound", [("262144", None, 262144), ("262144", 100000, 100000)])
+def test_max_pixels_env_and_config(compose_cfg, monkeypatch, env, override, bound):
+    monkeypatch.setenv("MAX_PIXELS", env)
+    overrides = ["dataset=geoqa", "dataset.source=synthetic", "dataset.limit=3", "dataset.image_size=600"]
+    if override is not None:
+        overrides.append(f"model.max_pixels={override}")
+    rows, _ = preview(compose_cfg(*overrides))
+    for r in rows:
+        w, h = r["image_size_after"]
+        assert r["image_size_before"] == [600, 600] and w * h <= bound and w % 28 == h % 28 == 0
+
+
+def test_conf_dir_is_the_repo_conf():
+    assert Path(CONF_DIR) == Path(__file__).resolve().parents[2] / "conf"
