@@ -1,0 +1,83 @@
+"""The reward worker process: started by `sandbox.WorkerPool`, scores one item at a time by reward name.
+
+argv: <fd to read tasks> <fd to write results> <parent pid> <JSON list of plugin files>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # A worker stuck in C-level big-integer work never reads its pipe again; if the trainer is
+    # SIGKILLed (OOM killer, scheduler) only the kernel can take the worker down with it.
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _one(out: Any) -> float | None:
+    if len(out) != 1:
+        raise ValueError(f"returned {len(out)} values for 1 completion")
+    value = out[0]
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise TypeError(f"returned a {type(value).__name__}, not a number or None")
+    return float(value)
+
+
+def _short_traceback() -> str:
+    lines = traceback.format_exc().strip().splitlines()
+    return "\n".join(lines[-6:])  # where it failed and why; the full stack is noise in a jsonl line
+
+
+def main() -> None:
+    task_fd, result_fd, parent_pid, plugins = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it kills us
+    _die_with_parent(parent_pid)
+    tasks, results = Connection(task_fd, writable=False), Connection(result_fd, readable=False)
+    try:
+        from mmr1.rewards import registry
+
+        registry.load_plugins(json.loads(plugins))
+        registry.names()
+        # Warm math-verify now (imports, grammar, regex compilation: ~1 s) so the first item's
+        # budget is spent on the item.
+        from math_verify import parse
+
+        parse("$1$")
+    except BaseException:  # noqa: BLE001 - reported to the trainer, which raises SandboxError
+        results.send(("fatal", traceback.format_exc()))
+        return
+    results.send(("ready",))
+    fns: dict[str, Any] = {}
+    while True:
+        try:
+            index, name, payload = tasks.recv()
+        except EOFError:  # the trainer closed the pool or exited
+            return
+        try:
+            if name not in fns:
+                fns[name] = registry.get(name)
+            reply = ("result", index, "ok", _one(fns[name](**pickle.loads(payload))), "")
+        except Exception:  # noqa: BLE001 - any failure of a reward is an error outcome, counted
+            reply = ("result", index, "error", None, _short_traceback())
+        results.send(reply)
+
+
+if __name__ == "__main__":
+    main()
