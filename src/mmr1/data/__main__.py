@@ -15,7 +15,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mmr1.config import register_configs
+
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+register_configs()  # conf/train.yaml extends the typed schema `train_schema`, as for training
 
 
 def preview_rows(bundle, limit: int | None = None):

@@ -32,6 +32,12 @@ MAX_ASPECT = 200  # Qwen's smart_resize refuses more extreme aspect ratios
 MIN_SIDE = 2  # a 1-px-wide image carries nothing; it is bad data, not something to upscale
 
 
+# Process-wide work counters keyed by image id (content hash), read by benchmarks/images.py after a
+# run: "resize" = decode + RGB + smart_resize of a source image, "decode" = a cached PNG decoded again
+# at access (LRU miss). Dataloader worker processes keep their own copies.
+WORK: dict[str, Counter[str]] = {"resize": Counter(), "decode": Counter()}
+
+
 class BadImage(ValueError):
     """The image cannot be used (corrupt, missing, degenerate, too large); carries a reason."""
 
@@ -159,6 +165,7 @@ class ImageResizer:
             png, before, after, fresh = self._process(raw, pil, where)
             self._done[key] = (png, before, after)
             self.counts[key] += 1
+            WORK["resize"][key] += 1
         png, before, after = self._done[key]
         # "pil" only on first sight, so the caller can seed the decoded-image cache without this
         # object holding every decoded image of the dataset.
@@ -234,6 +241,7 @@ class DecodedImageCache:
         img = Image.open(io.BytesIO(png))
         img.load()
         self.decodes[key] += 1
+        WORK["decode"][key] += 1
         self.put(key, img)
         return img
 
