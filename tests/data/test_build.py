@@ -156,3 +156,32 @@ def test_registry_refuses_duplicates():
 def test_unknown_source_needs_path():
     with pytest.raises(ValueError, match="needs dataset.path"):
         build({"name": "geoqa", "source": "local"})
+
+
+def test_hf_source_reads_a_hub_layout(hub_parquet):
+    # datasets.load_dataset(hf_id) accepts a local snapshot dir: the same code path as a hub download.
+    path = hub_parquet("openr1_mm")
+    cfg = {**local_cfg("openr1_mm", path), "source": "hf", "hf_id": str(path.parent.parent), "path": None}
+    bundle = build(cfg)
+    assert len(bundle.train) == 6 and bundle.train[0]["original_answer"].startswith("orig a")
+
+
+def test_modelscope_is_optional():
+    try:
+        import modelscope  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"mmr1\[modelscope\]"):
+            build({"name": "geoqa", "source": "modelscope", "modelscope_id": "AI-ModelScope/GEOQA_R1V_Train_8K"})
+    else:
+        pytest.skip("modelscope installed; would need the network")
+
+
+def test_unchanged_rgb_keeps_source_bytes(hub_parquet):
+    import io
+
+    from PIL import Image
+
+    raw = png_bytes((112, 84))
+    bundle = build(local_cfg("geoqa", hub_parquet("geoqa", n=1, images={0: raw})), max_pixels=401408)
+    stored = bundle.train.with_format(None)[0]["image"]["bytes"]
+    assert stored == raw and Image.open(io.BytesIO(stored)).size == (112, 84)

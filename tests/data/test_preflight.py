@@ -40,3 +40,10 @@ def test_accepts_plain_prompts():
     prompts = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a b c"}]}]]
     report = preflight(WordTokenizer(), prompts, max_pixels=784 * 9, max_completion_length=5, max_length=None)
     assert report == {"text_tokens": 3, "image_tokens": 9, "max_completion_length": 5, "total": 17}
+
+
+def test_non_strict_warns(bundle, caplog):
+    with caplog.at_level("WARNING"):
+        report = preflight(WordTokenizer(), bundle, max_pixels=401408, max_completion_length=1024, max_length=1024,
+                           strict=False)
+    assert report["total"] > 1024 and "Completions may be cut short" in caplog.text

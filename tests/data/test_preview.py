@@ -51,3 +51,31 @@ def test_max_pixels_env_and_config(compose_cfg, monkeypatch, env, override, boun
 
 def test_conf_dir_is_the_repo_conf():
     assert Path(CONF_DIR) == Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra,bound,size",
+    [
+        ([], 262144, [168, 168]),  # the acceptance command, literally
+        (["dataset.image_size=600", "model.max_pixels=100000"], 100000, [600, 600]),
+        # +experiment=geoqa sets model.max_pixels=401408 (the seed's GeoQA value): config beats env.
+        (["dataset.image_size=600"], 401408, [600, 600]),
+    ],
+)
+def test_cli_geoqa_synthetic(extra, bound, size):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(CONF_DIR).parent
+    env = {**os.environ, "MAX_PIXELS": "262144", "PYTHONPATH": str(repo / "src")}
+    args = ["+experiment=geoqa", "dataset.source=synthetic", "dataset.limit=5", *extra]
+    proc = subprocess.run([sys.executable, "-m", "mmr1.data", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 5 and all(set(r) == KEYS for r in rows)
+    assert all(r["image_size_before"] == size for r in rows)
+    assert all(r["image_size_after"][0] * r["image_size_after"][1] <= bound for r in rows)
+    assert "using the config value" in proc.stderr  # the experiment's max_pixels met MAX_PIXELS

@@ -143,7 +143,8 @@ class ImageResizer:
     """Decode + check + RGB + smart_resize, once per unique image content; counts the work.
 
     ``counts`` (a Counter keyed by image id) is what the benchmark reads: after a build, every value
-    is 1. Results are PNG bytes (lossless: trainer and vLLM decode identical pixels).
+    is 1. Results are encoded bytes: the source's own when nothing changed, else lossless PNG, so every
+    later decode yields exactly the pixels computed here.
     """
 
     def __init__(self, limits: PixelLimits) -> None:
@@ -189,6 +190,7 @@ class ImageResizer:
             if isinstance(exc, BadImage):
                 raise
             raise BadImage(f"corrupt image ({where}): {exc}") from None
+        unchanged = img.mode == "RGB"
         # Grayscale, palette, CMYK and alpha images all become RGB; alpha is composited on white
         # (a transparent PNG rendered on black would hide dark strokes of diagrams).
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -200,8 +202,11 @@ class ImageResizer:
         new_h, new_w = smart_resize(h, w, min_pixels=self.limits.min_pixels, max_pixels=self.limits.max_pixels)
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)  # Qwen's processor resamples bicubic
+            unchanged = False
+        if unchanged and raw is not None:
+            return raw, (w, h), (w, h), img  # already RGB at a valid size: keep the source bytes, skip an encode
         buf = io.BytesIO()
-        img.save(buf, format="PNG", compress_level=1)  # fast; size matters less than build time here
+        img.save(buf, format="PNG", compress_level=1)  # lossless and fast; size matters less than build time
         return buf.getvalue(), (w, h), (new_w, new_h), img
 
     def release(self) -> None:

@@ -39,13 +39,14 @@ def _prompt_tokens(processing_class: Any, messages: list[dict]) -> int:
 
 def preflight(
     processing_class: Any, bundle: Any, *, max_pixels: int, max_completion_length: int,
-    max_length: int | None, what: str = "max_length",
+    max_length: int | None, what: str = "max_length", strict: bool = True,
 ) -> dict[str, int]:
     """Check ``text tokens + image tokens at max_pixels + max_completion_length <= max_length``.
 
     ``bundle`` is a ``DataBundle`` (train and eval prompts are checked) or an iterable of prompts.
     ``what`` names the limit in the error (e.g. "rollout.max_model_len"). ``max_length=None`` only
-    reports. Returns the worst case's parts; raises ValueError with the numbers when it cannot fit.
+    reports. Returns the worst case's parts; raises ValueError with the numbers when it cannot fit
+    (``strict=False``: logs a warning instead, e.g. for a vLLM length that truncates completions).
     """
     if hasattr(bundle, "train"):
         prompts = []
@@ -67,11 +68,15 @@ def preflight(
     }
     report["total"] = sum(report.values())
     if max_length is not None and report["total"] > max_length:
-        raise ValueError(
+        msg = (
             f"pre-flight: the longest prompt ({text_tokens} text tokens + {n_img} image(s) x {per_image} tokens at "
             f"max_pixels={max_pixels}) + max_completion_length={max_completion_length} = {report['total']} tokens "
             f"exceeds {what}={max_length}. Lower model.max_pixels or trainer.max_completion_length, "
             f"or raise {what}."
         )
+        if strict:
+            raise ValueError(msg)
+        log.warning("%s Completions may be cut short.", msg)
+        return report
     log.info("pre-flight ok: %s (limit %s=%s)", report, what, max_length)
     return report
