@@ -97,6 +97,17 @@ class WorkerPool:
             self._fill()
         return self
 
+    def wait_ready(self, timeout_s: float = 120.0) -> bool:
+        """Block until every worker has started (benchmarks and tests; training never needs to)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._fill()
+            while not all(w.ready for w in self._workers) and time.monotonic() < deadline:
+                starting = {w.from_worker: w for w in self._workers if not w.ready}
+                for conn in wait(list(starting), timeout=max(0.0, deadline - time.monotonic())):
+                    self._receive(starting[conn], [])
+            return all(w.ready for w in self._workers)
+
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
 

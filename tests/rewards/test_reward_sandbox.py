@@ -1,0 +1,148 @@
+"""The sandbox: raising and hanging rewards are counted and the run goes on; results equal the seed's."""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_reward_accuracy import generated_cases, seed
+
+from mmr1.rewards import RewardWatchdogError, build_reward_funcs
+
+PLUGIN = Path(__file__).with_name("fault_plugin.py")
+FUNCS = ["external_r1v_acc", "format", "fault_raises", "fault_sleeps", "plugin_len", "plugin_slow_on_marker"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("run")
+
+
+@pytest.fixture(scope="module")
+def funcs(run_dir):
+    # One pool for the module: workers take ~1-2 s to start (sympy, math-verify).
+    cfg = {"funcs": FUNCS, "plugins": [str(PLUGIN)], "timeout_s": 1.0, "batch_timeout_s": 20.0,
+           "num_workers": 2, "max_failures_logged": 3, "all_zero_patience": 0}
+    built = build_reward_funcs(cfg, run_dir)
+    yield dict(zip(FUNCS, built))
+    built[0].close()
+
+
+class Metrics:
+    def __init__(self):
+        self.logged = {}
+
+    def __call__(self, name, value):
+        self.logged.setdefault(name, []).append(value)
+
+
+def trl_kwargs(completions, solutions, metrics):
+    # What TRL's _calculate_rewards passes, helpers included.
+    return {"prompts": ["How many?"] * len(completions), "completions": completions,
+            "completion_ids": [[1, 2]] * len(completions), "trainer_state": None, "log_extra": lambda *a: None,
+            "log_metric": metrics, "solution": solutions, "image": [None] * len(completions)}
+
+
+def test_names_are_the_configured_names(funcs):
+    assert [f.__name__ for f in funcs.values()] == FUNCS
+
+
+def test_accuracy_through_the_sandbox_equals_the_seed(funcs):
+    cases = generated_cases(120, seed_value=2)
+    completions, solutions = [c for c, _ in cases], [s for _, s in cases]
+    metrics = Metrics()
+    out = funcs["external_r1v_acc"](**trl_kwargs(completions, solutions, metrics))
+    assert out == seed(completions, solutions)
+    assert metrics.logged == {"rewards/external_r1v_acc/timeouts": [0.0], "rewards/external_r1v_acc/errors": [0.0]}
+    conversational = [[{"role": "assistant", "content": c}] for c in completions]
+    assert funcs["external_r1v_acc"](completions=conversational, solution=solutions) == out
+
+
+def test_a_raising_reward_is_counted_and_the_run_continues(funcs, run_dir):
+    metrics = Metrics()
+    out = funcs["fault_raises"](**trl_kwargs(["a", "b", "c"], ["1", "2", "3"], metrics))
+    assert out == [0.0, 0.0, 0.0]
+    assert metrics.logged["rewards/fault_raises/errors"] == [3.0]
+    assert metrics.logged["rewards/fault_raises/timeouts"] == [0.0]
+    records = [json.loads(line) for line in (run_dir / "reward_failures.jsonl").read_text().splitlines()]
+    assert records and records[0]["reward"] == "fault_raises" and "broken on purpose" in records[0]["error"]
+    assert len(records) <= 3  # max_failures_logged
+
+
+def test_a_reward_that_sleeps_forever_is_killed_and_replaced(funcs):
+    pool = funcs["fault_sleeps"].pool
+    before, restarts = set(pool.pids()), pool.restarts
+    metrics = Metrics()
+    t0 = time.monotonic()
+    out = funcs["fault_sleeps"](**trl_kwargs(["a", "b"], ["1", "2"], metrics))
+    elapsed = time.monotonic() - t0
+    assert out == [0.0, 0.0]
+    assert metrics.logged["rewards/fault_sleeps/timeouts"] == [2.0]
+    assert 0.9 < elapsed < 4.0  # ~timeout_s (1 s), the two items in parallel
+    assert pool.restarts == restarts + 2
+    assert not before & set(pool.pids())  # the hung workers are gone...
+    for pid in before:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # ...and their replacements score the next call
+    assert funcs["plugin_len"](completions=["x" * 100]) == [1.0]
+
+
+def test_one_hanging_item_does_not_take_its_batch_with_it(funcs):
+    completions = ["ok 1", "HANG", "ok 2", "ok 3"]
+    out = funcs["plugin_slow_on_marker"](completions=completions)
+    assert out == [1.0, 0.0, 1.0, 1.0]
+    assert funcs["plugin_slow_on_marker"].stats["timeouts"] == 1
+
+
+def test_it_works_outside_the_main_thread(funcs):
+    cases = generated_cases(30, seed_value=3)
+    completions, solutions = [c for c, _ in cases], [s for _, s in cases]
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(r=funcs["external_r1v_acc"](completions, solution=solutions)))
+    thread.start()
+    thread.join()
+    assert out["r"] == seed(completions, solutions)  # the seed's main-thread result, math-verify included
+
+
+def test_duplicates_and_string_matches_never_reach_a_worker(funcs):
+    f = funcs["external_r1v_acc"]
+    before = f.stats["scored_in_workers"]
+    completions = ["<answer> 3 </answer>"] * 4 + ["I think 3"] * 4
+    solutions = ["<answer> 3 </answer>"] * 8
+    assert f(completions, solution=solutions) == seed(completions, solutions) == [1.0] * 8
+    assert f.stats["scored_in_workers"] - before == 1
+
+
+def test_a_missing_dataset_column_fails_loudly(funcs):
+    with pytest.raises(KeyError, match="solution"):
+        funcs["external_r1v_acc"](completions=["3"])
+
+
+def test_batch_budget(run_dir):
+    funcs = build_reward_funcs({"funcs": ["fault_sleeps"], "plugins": [str(PLUGIN)], "timeout_s": 30.0,
+                                "batch_timeout_s": 2.5, "num_workers": 2, "all_zero_patience": 0}, run_dir)
+    try:
+        assert funcs[0].pool.wait_ready()
+        t0 = time.monotonic()
+        assert funcs[0](completions=["a", "b", "c", "d"]) == [0.0] * 4
+        assert time.monotonic() - t0 < 4.0  # the batch budget (2.5 s), not 4 x 30 s
+        assert funcs[0].stats["timeouts"] == 4
+    finally:
+        funcs[0].close()
+    assert funcs[0].pool.pids() == []
+
+
+def test_watchdog_warns_then_stops(caplog):
+    warn = build_reward_funcs({"funcs": ["format"], "all_zero_patience": 2})[0]
+    for _ in range(2):
+        warn(completions=["no tags"])
+    assert "only zeros or failures for 2 consecutive calls" in caplog.text
+    stop = build_reward_funcs({"funcs": ["format"], "all_zero_patience": 2, "on_all_zero": "stop"})[0]
+    stop(completions=["no tags"])
+    stop(completions=["<think>a</think><answer>b</answer>"])  # a non-zero call resets the streak
+    stop(completions=["no tags"])
+    with pytest.raises(RewardWatchdogError, match="format"):
+        stop(completions=["no tags"])
