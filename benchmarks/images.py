@@ -77,7 +77,7 @@ def throughput(n: int, min_pixels: int, max_pixels: int, reps: int, generations:
     def access(r):  # one prompt's num_generations requests through a cold LRU: 1 PNG decode + hits
         cache = DecodedImageCache(2**30)
         for _ in range(generations):
-            cache.get(r["id"], r["png"])
+            cache.get(r["id"], r["bytes"])
 
     rows.append((f"mmr1 access: {generations} requests of a prompt (1 decode)", rate(access, stored, reps)))
 
@@ -95,7 +95,7 @@ def throughput(n: int, min_pixels: int, max_pixels: int, reps: int, generations:
     proc = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     rows.append(("HF Qwen2VLImageProcessor (decode+resize+normalize)", rate(
         lambda b: proc(images=[decode(b)], return_tensors="pt"), images, reps)))
-    resized = [Image.open(io.BytesIO(r["png"])).convert("RGB") for r in stored]
+    resized = [Image.open(io.BytesIO(r["bytes"])).convert("RGB") for r in stored]
     rows.append(("HF Qwen2VLImageProcessor on mmr1-resized images", rate(
         lambda im: proc(images=[im], return_tensors="pt"), resized, reps)))
 

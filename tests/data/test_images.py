@@ -75,7 +75,7 @@ def test_resizer_once_per_unique_content_and_rgb():
     assert out["size_before"] == (1000, 500) and out["size_after"][0] * out["size_after"][1] <= 100000
     for mode in ("L", "P", "RGBA", "LA", "CMYK"):
         res = r(Image.new(mode, (60, 60)))
-        assert Image.open(__import__("io").BytesIO(res["png"])).mode == "RGB"
+        assert Image.open(__import__("io").BytesIO(res["bytes"])).mode == "RGB"
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ def build_datasets(
         out.append({
             **extras,
             "prompt": build_messages(system_prompt, row["problem"] + suffix),
-            "image": {"bytes": img["png"], "path": None},
+            "image": {"bytes": img["bytes"], "path": None},
             "image_id": img["id"],
             "image_size_before": list(img["size_before"]),
         })

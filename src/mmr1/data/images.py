@@ -33,7 +33,7 @@ MIN_SIDE = 2  # a 1-px-wide image carries nothing; it is bad data, not something
 
 
 # Process-wide work counters keyed by image id (content hash), read by benchmarks/images.py after a
-# run: "resize" = decode + RGB + smart_resize of a source image, "decode" = a cached PNG decoded again
+# run: "resize" = decode + RGB + smart_resize of a source image, "decode" = stored image bytes decoded again
 # at access (LRU miss). Dataloader worker processes keep their own copies.
 WORK: dict[str, Counter[str]] = {"resize": Counter(), "decode": Counter()}
 
@@ -163,14 +163,14 @@ class ImageResizer:
             key = h.hexdigest()
         fresh = None
         if key not in self._done:
-            png, before, after, fresh = self._process(raw, pil, where)
-            self._done[key] = (png, before, after)
+            encoded, before, after, fresh = self._process(raw, pil, where)
+            self._done[key] = (encoded, before, after)
             self.counts[key] += 1
             WORK["resize"][key] += 1
-        png, before, after = self._done[key]
+        encoded, before, after = self._done[key]
         # "pil" only on first sight, so the caller can seed the decoded-image cache without this
         # object holding every decoded image of the dataset.
-        return {"id": key, "png": png, "size_before": before, "size_after": after, "pil": fresh}
+        return {"id": key, "bytes": encoded, "size_before": before, "size_after": after, "pil": fresh}
 
     def _process(
         self, raw: bytes | None, pil: Image.Image | None, where: str
@@ -210,12 +210,12 @@ class ImageResizer:
         return buf.getvalue(), (w, h), (new_w, new_h), img
 
     def release(self) -> None:
-        """Drop cached PNGs after a build (the counts stay)."""
+        """Drop cached encoded bytes after a build (the counts stay)."""
         self._done.clear()
 
 
 class DecodedImageCache:
-    """``Dataset.with_transform`` hook: turns the stored resized PNG back into a PIL image, keeping a
+    """``Dataset.with_transform`` hook: turns the stored resized image bytes back into a PIL image, keeping a
     bounded LRU (by decoded bytes) keyed by image id, so the ``num_generations`` repeats of a prompt
     that TRL's sampler requests back to back cost one decode. ``decodes`` counts real decodes."""
 
@@ -238,12 +238,12 @@ class DecodedImageCache:
             _, old = self._lru.popitem(last=False)
             self._bytes -= old.width * old.height * 3
 
-    def get(self, key: str, png: bytes) -> Image.Image:
+    def get(self, key: str, encoded: bytes) -> Image.Image:
         img = self._lru.get(key)
         if img is not None:
             self._lru.move_to_end(key)
             return img
-        img = Image.open(io.BytesIO(png))
+        img = Image.open(io.BytesIO(encoded))
         img.load()
         self.decodes[key] += 1
         WORK["decode"][key] += 1
