@@ -1,0 +1,63 @@
+"""Resolve ``model.name_or_path`` to weights on disk, and load model + processor from there."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# Names that are built locally instead of downloaded.
+EMBEDDED_MODELS = {"tiny_qwen2_5_vl"}
+
+
+def resolve_model_path(model_cfg: DictConfig) -> str:
+    """The directory or hub id to load: embedded builders and warm-starts are built (cached) here."""
+    name = model_cfg.name_or_path
+    if name == "tiny_qwen2_5_vl":
+        from mmr1.models.tiny import tiny_qwen2_5_vl_path
+
+        path = str(tiny_qwen2_5_vl_path())
+    else:
+        path = name
+    return path
+
+
+def load_processor(path: str, *, min_pixels: int | None, max_pixels: int | None, trust_remote_code: bool = False):
+    """The processor with its image limits set to mmr1's resolved ones, so it never resizes again."""
+    from transformers import AutoProcessor
+
+    kwargs = {}
+    if min_pixels is not None:
+        kwargs["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        kwargs["max_pixels"] = max_pixels
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
+        # transformers 5 reads the limits from `size` (shortest_edge/longest_edge are pixel counts for
+        # Qwen2-VL); the per-call min_pixels/max_pixels kwargs are deprecated.
+        size = dict(getattr(image_processor, "size", None) or {})
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        if size:
+            image_processor.size = size
+    # Left padding for batched generation with decoder-only models.
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(path: str, model_cfg: DictConfig):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    dtype = getattr(torch, model_cfg.torch_dtype)
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.train_type != "full":
+        raise ValueError(f"model.train_type={model_cfg.train_type!r}: only 'full' (the seed's) is supported")
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)

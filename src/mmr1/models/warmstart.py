@@ -1,0 +1,174 @@
+"""Supervised warm-start of a small model before GRPO (TRL's SFTTrainer), cached by recipe.
+
+The seed starts GRPO from an Instruct model "to rapidly achieve format rewards". The embedded tiny
+model starts from random weights, where GRPO sees no reward signal for hundreds of steps. The tiny
+analogue of "Instruct" is a short SFT on synthetic answers that teaches the R1 format and then stops
+on an accuracy gate, so the model it hands to GRPO is imperfect at the task (notes/tiny-vlm-facts.md:
+on the 3x3 grid scenes SFT jumps from chance to perfect within ~50 steps somewhere past step 100;
+stopping at ~0.45 greedy accuracy leaves GRPO the rest of the way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+from mmr1.models.tiny import cache_root
+
+log = logging.getLogger(__name__)
+
+WARMSTART_VERSION = 1
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def target_completion(solution: str, think: str) -> str:
+    """The SFT target for one row: the format the rewards ask for, with the solution's answer."""
+    m = _ANSWER.search(solution)
+    answer = (m.group(1) if m else solution).strip()
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
+
+def _recipe(cfg: DictConfig, base_path: str, limits) -> dict[str, Any]:
+    base = Path(base_path) / "mmr1_recipe.json"
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
+    return {
+        "version": WARMSTART_VERSION,
+        "base": base.read_text() if base.exists() else base_path,
+        "warmstart": OmegaConf.to_container(cfg.model.warmstart, resolve=True),
+        "task": {k: dataset.get(k) for k in ("name", "image_size", "query_suffix", "system_prompt")},
+        "pixels": [limits.min_pixels, limits.max_pixels],
+    }
+
+
+def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
+    """Return the path GRPO should start from: ``base_path``, or its cached warm-start."""
+    ws = cfg.model.warmstart
+    if not ws.enabled:
+        return base_path
+    recipe = _recipe(cfg, base_path, limits)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    out = cache_root() / f"warmstart-{key}"
+    if (out / "mmr1_warmstart.json").exists():
+        log.info("Warm-start: cached %s", out)
+        return str(out)
+    log.info("Warm-start: supervised fine-tuning of %s (cached afterwards in %s)", base_path, out)
+    report = run_warmstart(cfg, base_path, processor, limits, out)
+    log.info("Warm-start done: %s", report)
+    return str(out)
+
+
+def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path) -> dict[str, Any]:
+    import datasets
+    import torch
+    from transformers import AutoModelForImageTextToText
+    from trl import SFTConfig, SFTTrainer
+
+    from mmr1.data import build_datasets
+
+    ws = cfg.model.warmstart
+    ds_cfg = OmegaConf.merge(cfg.dataset, {"source": "synthetic", "num_samples": ws.num_samples + ws.gate_samples,
+                                           "eval_size": ws.gate_samples, "limit": None, "seed": ws.seed})
+    data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
+    rows = [{"prompt": r["prompt"], "image": r["image"],
+             "completion": [{"role": "assistant",
+                             "content": [{"type": "text", "text": target_completion(r["solution"], ws.think)}]}]}
+            for r in data.train]
+    train_ds = datasets.Dataset.from_list(rows)
+    gate_rows = [{"prompt": r["prompt"], "image": r["image"], "solution": r["solution"]} for r in data.eval]
+
+    torch.manual_seed(ws.seed)
+    model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
+    gate = AccuracyGate(processor, gate_rows, ws)
+    tmp = Path(tempfile.mkdtemp(prefix="mmr1-warmstart-"))
+    args = SFTConfig(
+        output_dir=str(tmp), max_steps=ws.max_steps, per_device_train_batch_size=ws.batch_size,
+        learning_rate=ws.learning_rate, warmup_steps=ws.warmup_steps, lr_scheduler_type="constant_with_warmup",
+        logging_steps=25, save_strategy="no", report_to="none", gradient_checkpointing=False, bf16=False,
+        completion_only_loss=True, max_length=None, seed=ws.seed, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
+                         callbacks=[gate])
+    trainer.train()
+    report = {"steps": trainer.state.global_step, "gate_accuracy": gate.last_accuracy,
+              "gate_history": gate.history, "recipe_hash": out.name}
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    base_recipe = Path(base_path) / "mmr1_recipe.json"
+    if base_recipe.exists():
+        shutil.copy(base_recipe, staging / "mmr1_recipe.json")
+    (staging / "mmr1_warmstart.json").write_text(json.dumps(report, indent=2))
+    try:
+        staging.rename(out)  # atomic publish; a concurrent builder that won leaves ours to delete
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
+    """Greedy completions (text) for rows with ``prompt`` messages and one ``image``."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    texts_out: list[str] = []
+    try:
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i:i + batch_size]
+            texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+                     for r in batch]
+            images = [[_pil(r["image"])] for r in batch]
+            inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            texts_out += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return texts_out
+
+
+class AccuracyGate(TrainerCallback):
+    """Stop SFT once greedy held-out accuracy reaches ``gate_accuracy`` (checked every ``gate_every``)."""
+
+    def __init__(self, processor, rows: list[dict], ws: DictConfig):
+        self.processor, self.rows, self.ws = processor, rows, ws
+        self.history: list[tuple[int, float]] = []
+        self.last_accuracy: float | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step < self.ws.gate_start or step % self.ws.gate_every or model is None:
+            return
+        answers = greedy_answers(model, self.processor, self.rows)
+        correct = [_answer(a) == _answer(r["solution"]) for a, r in zip(answers, self.rows)]
+        self.last_accuracy = sum(correct) / max(len(correct), 1)
+        self.history.append((step, self.last_accuracy))
+        log.info("Warm-start step %d: greedy held-out accuracy %.2f", step, self.last_accuracy)
+        if self.last_accuracy >= self.ws.gate_accuracy:
+            control.should_training_stop = True
+
+
+def _answer(text: str) -> str:
+    m = _ANSWER.search(text)
+    return (m.group(1) if m else "").strip()
+
+
+def _pil(image: Any):
+    """PIL from a PIL image or a datasets ``{"bytes", "path"}`` dict."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(image, dict):
+        return Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]).convert("RGB")
+    return image

@@ -1,0 +1,53 @@
+"""The run directory: checked before any work, and what a run writes there besides metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmr1.tracking.secrets import redact
+
+# A tiny run writes a few MB; a checkpoint of the 3B model ~7 GB (bf16 weights) + optimizer state.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot hold the run (unwritable, or the disk is full)."""
+
+
+def prepare_run_dir(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
+    """Create the run directory and prove it writable with room to spare, before any training."""
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".mmr1_write_probe"
+        with open(probe, "wb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(f"run directory {run_dir} is not writable: {err.strerror or err}. "
+                          "Set hydra.run.dir=<a writable path>.") from err
+    free = shutil.disk_usage(run_dir).free
+    if free < min_free_bytes:
+        raise RunDirError(f"run directory {run_dir} has {free / 2**20:.0f} MiB free, need at least "
+                          f"{min_free_bytes / 2**20:.0f} MiB: free disk space or set hydra.run.dir elsewhere.")
+    return run_dir
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(redact(obj), indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The resolved config, secrets redacted."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))))

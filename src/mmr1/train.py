@@ -1,0 +1,131 @@
+"""Train: ``python -m mmr1.train [+experiment=NAME] [key=value ...]``.
+
+``main`` is the thin Hydra entry point; ``train(cfg)`` does the work and can be called from Python
+with a composed config (tests do). The trainer is TRL's ``GRPOTrainer``; mmr1 only assembles it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mmr1.config import register_configs
+from mmr1.config.grpo_args import build_grpo_kwargs
+from mmr1.run_dir import prepare_run_dir, write_config, write_json
+
+log = logging.getLogger("mmr1.train")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+register_configs()
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one GRPO training job described by ``cfg``; return its final metrics."""
+    from mmr1.data import resolve_pixel_limits
+    from mmr1.rewards import build_reward_funcs
+
+    started = time.time()
+    run_dir = prepare_run_dir(cfg.run_dir)
+    # Everything that can fail on config alone fails here, before weights, data or GPUs.
+    reward_funcs = build_reward_funcs(cfg.reward, run_dir)
+    limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
+    grpo_kwargs = build_grpo_kwargs(cfg, run_dir)
+    write_config(cfg, run_dir)
+    write_json(run_dir / "grpo_args.json", grpo_kwargs)
+    if cfg.dry_run:
+        _print_summary(cfg, grpo_kwargs, limits, run_dir)
+        return {}
+
+    from trl import GRPOConfig, GRPOTrainer
+
+    from mmr1.data import build_datasets
+    from mmr1.data.preflight import preflight
+    from mmr1.models import load_model, load_processor, resolve_model_path
+    from mmr1.models.warmstart import maybe_warmstart
+    from mmr1.tracking.curves import plot_curves
+    from mmr1.tracking.metrics import MetricsJsonlCallback, read_metrics
+
+    seed = cfg.trainer.seed
+    model_path = resolve_model_path(cfg.model)
+    processor = load_processor(model_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
+    # Prompt (text + image tokens at max_pixels) + a full completion must fit, checked before any GPU work.
+    # vLLM's max_model_len only truncates completions (as in the seed, where clevr's 1024 equals
+    # max_completion_length), so it warns instead of failing.
+    fit = dict(max_pixels=limits.max_pixels, max_completion_length=cfg.trainer.max_completion_length)
+    preflight(processor, data, max_length=cfg.trainer.max_length, what="trainer.max_length", **fit)
+    if cfg.rollout.backend == "vllm" and cfg.rollout.max_model_len:
+        preflight(processor, data, max_length=cfg.rollout.max_model_len, what="rollout.max_model_len",
+                  strict=False, **fit)
+    model_path = maybe_warmstart(cfg, model_path, processor, limits)
+    model = load_model(model_path, cfg.model)
+
+    metrics_cb = MetricsJsonlCallback(run_dir)
+    if data.stats.get("skipped"):
+        metrics_cb.extra["data/skipped_rows"] = data.stats["skipped"]
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=GRPOConfig(**grpo_kwargs),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=processor,
+        callbacks=[metrics_cb],
+    )
+    resume = _resume_checkpoint(cfg, run_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(run_dir / "final"))
+        processor.save_pretrained(str(run_dir / "final"))
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    final = rows[-1] if rows else {}
+    write_json(run_dir / "run_info.json", {
+        "status": "finished", "steps": trainer.state.global_step, "wall_time_s": round(time.time() - started, 1),
+        "world_size": trainer.args.world_size, "model_path": model_path,
+    })
+    return final
+
+
+def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume != "auto":
+        return cfg.resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(run_dir))
+
+
+def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) -> None:
+    keys = ["learning_rate", "beta", "loss_type", "num_generations", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_completion_length", "num_iterations", "max_grad_norm",
+            "temperature", "repetition_penalty", "use_vllm", "vllm_mode"]
+    print(f"mmr1 dry run: model={cfg.model.name_or_path} dataset={cfg.dataset.name} "
+          f"(source={OmegaConf.to_container(cfg.dataset, enum_to_str=True)['source']}) "
+          f"rewards={list(cfg.reward.funcs)} rollout={cfg.rollout.backend}"
+          f"{'/' + cfg.rollout.vllm_mode if cfg.rollout.vllm_mode else ''} "
+          f"deepspeed={'zero' + str(cfg.deepspeed.stage) if cfg.deepspeed.enabled else 'off'}")
+    print(f"  image pixels: min={limits.min_pixels} max={limits.max_pixels}")
+    for k in keys:
+        if k in grpo_kwargs:
+            print(f"  {k} = {grpo_kwargs[k]}")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    final = train(cfg)
+    print(f"Run directory: {Path(cfg.run_dir).resolve()}")
+    reward = final.get("reward")
+    return float(reward) if isinstance(reward, (int, float)) else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The config spine: every experiment composes, typos fail naming the key, and the dry run maps each seed
+flag onto the exact GRPOConfig keyword it corresponds to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import EXPERIMENTS, compose_cfg, run_cli
+from mmr1.config.grpo_args import build_grpo_kwargs
+from mmr1.train import train
+
+# The seed's three commands (shared/seed/multimodal-grpo-workflow.md), flag by flag, as GRPOConfig values.
+COMMON = {
+    "learning_rate": 1e-6, "beta": 0.001, "max_completion_length": 1024, "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8, "gradient_accumulation_steps": 2, "num_train_epochs": 1,
+    "save_strategy": "steps", "eval_strategy": "steps", "save_total_limit": 10, "logging_steps": 1,
+    "dataloader_num_workers": 4, "temperature": 1.0, "log_completions": True, "bf16": True,
+    "report_to": ["wandb"], "use_vllm": True, "loss_type": "grpo", "vllm_importance_sampling_correction": False,
+}
+SEED = {
+    "clevr_count": {**COMMON, "save_steps": 1000, "eval_steps": 1000, "warmup_steps": 0.01, "num_generations": 24,
+                    "num_iterations": 1, "repetition_penalty": 1.0, "vllm_max_model_length": 1024,
+                    "max_grad_norm": 1.0},
+    "geoqa": {**COMMON, "save_steps": 400, "eval_steps": 400, "warmup_steps": 0.05, "num_generations": 8,
+              "num_iterations": 2, "repetition_penalty": 1.1, "max_grad_norm": 0.5},
+    "openr1_mm": {**COMMON, "save_steps": 400, "eval_steps": 400, "warmup_steps": 0.05, "num_generations": 8,
+                  "num_iterations": 2, "repetition_penalty": 1.1, "max_grad_norm": 0.5},
+}
+SEED_MAX_PIXELS = {"clevr_count": None, "geoqa": 401408, "openr1_mm": 262144}
+SEED_DATASET = {"clevr_count": "clevr_count", "geoqa": "geoqa", "openr1_mm": "openr1_mm"}
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_every_experiment_composes(experiment):
+    cfg = compose_cfg([f"+experiment={experiment}"] if experiment else [])
+    OmegaConf.resolve(cfg)
+    assert cfg.reward.funcs == ["external_r1v_acc", "format"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_dry_run_grpo_args_equal_the_seed(experiment, tmp_path):
+    cfg = compose_cfg([f"+experiment={experiment}", "dry_run=true"], run_dir=tmp_path)
+    train(cfg)
+    args = json.loads((tmp_path / "grpo_args.json").read_text())
+    for key, value in SEED[experiment].items():
+        assert args[key] == value, f"{experiment}: {key} = {args[key]!r}, seed has {value!r}"
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert saved.model.max_pixels == SEED_MAX_PIXELS[experiment]
+    assert saved.dataset.name == SEED_DATASET[experiment]
+    assert saved.rollout.gpu_memory_utilization == 0.6
+    assert saved.deepspeed.enabled and saved.deepspeed.stage == 3
+    # The effective batch must split into whole groups across the seed's 6 trainer processes.
+    assert (6 * args["per_device_train_batch_size"] * args["gradient_accumulation_steps"]) % args[
+        "num_generations"] == 0
+
+
+def test_dry_run_cli_writes_artifacts_and_needs_no_gpu_packages(tmp_path):
+    run_dir = tmp_path / "d"
+    proc = run_cli(["+experiment=geoqa", "dry_run=true", f"hydra.run.dir={run_dir}"])
+    assert (run_dir / "config.yaml").exists() and (run_dir / "grpo_args.json").exists()
+    assert "dry run" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == f"Run directory: {run_dir.resolve()}"
+
+
+def test_typo_in_a_config_key_fails_naming_it():
+    proc = run_cli(["optimizer.lrr=1", "dry_run=true"], check=False)
+    assert proc.returncode != 0
+    assert "lrr" in proc.stderr
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(Exception, match="max_steps"):
+        compose_cfg(["trainer.max_steps=many"])
+
+
+def test_tiny_default_maps_trl_defaults_that_differ_from_the_seed():
+    cfg = compose_cfg()
+    args = build_grpo_kwargs(cfg, "/tmp/x")
+    # TRL's defaults: loss_type="dapo", gradient_checkpointing=True, IS correction on. The tiny job sets each.
+    assert args["loss_type"] == "grpo"
+    assert args["gradient_checkpointing"] is False
+    assert args["vllm_importance_sampling_correction"] is False
+    assert args["logging_nan_inf_filter"] is False
+    assert args["remove_unused_columns"] is False
+
+
+def test_max_grad_norm_none_disables_clipping():
+    cfg = compose_cfg(["optimizer.max_grad_norm=null"])
+    assert build_grpo_kwargs(cfg, "/tmp/x")["max_grad_norm"] == 0.0
