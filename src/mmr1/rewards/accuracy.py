@@ -7,7 +7,8 @@ is equal, else 0.0; any exception inside a branch counts as that branch failing.
 for the cost. Here:
 
 - the string match runs first (microseconds; when it says 1.0, math-verify is never called);
-- `parse(solution)` is memoised (GRPO repeats each solution `num_generations` times);
+- `parse(solution)` is memoised (GRPO repeats each solution `num_generations` times), and when it
+  is empty the completion is not parsed at all (`verify(x, [])` is False for every x);
 - identical (completion, solution) pairs in one call are scored once;
 - through `build_reward_funcs`, the math-verify branch runs in parallel worker processes.
 
@@ -86,8 +87,13 @@ def math_match(content: Any, solution: Any) -> bool:
     from math_verify import parse, verify
 
     try:
-        answer = parse(content)  # the seed parses the completion first; keep the order
-        return float(verify(answer, _parsed_solution(solution))) > 0
+        target = _parsed_solution(solution)
+        if not target:
+            # verify(x, []) compares nothing and is False whatever x is, so the completion's parse
+            # (the expensive call) cannot change the result. GeoQA's "<answer>29</answer>" parses to [].
+            return False
+        answer = parse(content)
+        return float(verify(answer, target)) > 0  # the seed's argument order: completion first
     except Exception:  # noqa: BLE001 - the seed's `except Exception: pass`, kept for equal results
         return False
 
@@ -95,6 +101,18 @@ def math_match(content: Any, solution: Any) -> bool:
 def score(content: Any, solution: Any) -> float:
     """One item, exactly the seed's value: string match OR math-verify."""
     return 1.0 if string_match(content, solution) or math_match(content, solution) else 0.0
+
+
+# A few typical items, scored once when a worker starts: math-verify and sympy import much of
+# themselves lazily, on the first fraction, percent or degree they meet; paying that at start keeps
+# it out of the first items' timeout budget. (The benchmark warms the seed with the same list.)
+WARMUP = [
+    ("The answer is $\\frac{1}{2}$, i.e. \\boxed{0.5}", "<answer> 0.5 </answer>"),
+    ("<think>x = 3^\\circ</think><answer> 29° </answer>", "$x = \\sqrt{3}$"),
+    ("<answer> 28 </answer>", "<answer> 7.0% - 7.5% </answer>"),
+    ("none of the above", "<answer> \\frac{12}{13} </answer>"),
+    ("y = 2x + 1 and the set {1, 2}", "$\\{1, 2\\}$"),
+]
 
 
 def _shortcut(text: Any, item: dict) -> float | None:

@@ -46,7 +46,11 @@ class _Worker:
         self.proc, self.to_worker, self.from_worker = proc, to_worker, from_worker
         self.ready = False
         self.started = time.monotonic()
-        self.task: tuple[int, float, float] | None = None  # (item index, sent at, deadline)
+        self.chunk: deque[int] = deque()  # item indices sent and not answered yet, in the worker's order
+        self.since = 0.0  # when the worker started on the head of its chunk (sent, or previous answer)
+
+    def deadline(self, timeout_s: float) -> float:
+        return self.since + timeout_s
 
     def kill(self) -> None:
         try:
@@ -105,7 +109,7 @@ class WorkerPool:
             while not all(w.ready for w in self._workers) and time.monotonic() < deadline:
                 starting = {w.from_worker: w for w in self._workers if not w.ready}
                 for conn in wait(list(starting), timeout=max(0.0, deadline - time.monotonic())):
-                    self._receive(starting[conn], [])
+                    self._receive(starting[conn], [], deque())
             return all(w.ready for w in self._workers)
 
     def pids(self) -> list[int]:
@@ -156,7 +160,11 @@ class WorkerPool:
         self.restarts += 1
 
     def run(self, tasks: list[tuple[str, bytes]], timeout_s: float, batch_timeout_s: float) -> list[Outcome]:
-        """Score `(reward name, pickled kwargs)` items; every item gets an Outcome within the budgets."""
+        """Score `(reward name, pickled kwargs)` items; every item gets an Outcome within the budgets.
+
+        Items go out in chunks (fewer round trips, a worker never waits for the trainer between
+        items) and come back one answer each; an item's `timeout_s` runs from the answer before it.
+        """
         results: list[Outcome | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         batch_deadline = time.monotonic() + batch_timeout_s
@@ -164,65 +172,82 @@ class WorkerPool:
             self._fill()
             while True:
                 now = time.monotonic()
-                self._dispatch(tasks, pending, now, timeout_s)
-                busy = [w for w in self._workers if w.task is not None]
+                self._dispatch(tasks, pending, now)
+                busy = [w for w in self._workers if w.chunk]
                 if not pending and not busy:
                     break
                 if now >= batch_deadline:
                     self._expire_batch(results, pending, busy, now, batch_timeout_s)
                     break
-                wake = min([w.task[2] for w in busy] + [batch_deadline])
-                by_conn = {w.from_worker: w for w in self._workers if w.task is not None or not w.ready}
+                wake = min([w.deadline(timeout_s) for w in busy] + [batch_deadline])
+                by_conn = {w.from_worker: w for w in self._workers if w.chunk or not w.ready}
                 for conn in wait(list(by_conn), timeout=max(0.0, wake - now)):
-                    self._receive(by_conn[conn], results)
-                self._expire_items(results, time.monotonic(), timeout_s)
+                    self._receive(by_conn[conn], results, pending)
+                self._expire_items(results, pending, time.monotonic(), timeout_s)
         return results  # type: ignore[return-value]
 
-    def _dispatch(self, tasks, pending, now, timeout_s) -> None:
-        for worker in list(self._workers):
+    def _dispatch(self, tasks, pending, now) -> None:
+        idle = [w for w in self._workers if w.ready and not w.chunk]
+        for worker in idle:
             if not pending:
                 return
-            if worker.ready and worker.task is None:
-                index = pending.popleft()
-                try:
-                    worker.to_worker.send((index, tasks[index][0], tasks[index][1]))
-                except OSError:  # it died while idle: put the item back, replace the worker
-                    pending.appendleft(index)
-                    self._replace(worker)
-                    continue
-                worker.task = (index, now, now + timeout_s)
+            # Guided self-scheduling: big chunks while much is left, single items at the end so
+            # one slow item does not leave the other workers idle.
+            size = min(8, max(1, len(pending) // (2 * len(self._workers))))
+            chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
+            try:
+                worker.to_worker.send([(i, tasks[i][0], tasks[i][1]) for i in chunk])
+            except OSError:  # it died while idle: put the items back, replace the worker
+                pending.extendleft(reversed(chunk))
+                self._replace(worker)
+                continue
+            worker.chunk.extend(chunk)
+            worker.since = now
 
-    def _receive(self, worker: _Worker, results: list) -> None:
-        try:
-            msg = worker.from_worker.recv()
-        except (EOFError, OSError):
-            code = worker.proc.poll()
-            if worker.task is not None:
-                index, sent, _ = worker.task
-                results[index] = Outcome("error", error=f"reward worker died (exit code {code})",
-                                         seconds=time.monotonic() - sent)
-            elif not worker.ready:
-                self._start_failures += 1
-                if self._start_failures >= 3:
-                    raise SandboxError(f"reward workers keep dying before they are ready (exit code {code})")
-            self._replace(worker)
-            return
-        if msg[0] == "ready":
-            worker.ready, self._start_failures = True, 0
-        elif msg[0] == "fatal":
-            self.close()
-            raise SandboxError(f"a reward worker failed to start:\n{msg[1]}")
-        else:  # ("result", index, status, value, error)
-            _, index, status, value, error = msg
-            results[index] = Outcome(status, value, error, time.monotonic() - worker.task[1])
-            worker.task = None
+    def _requeue(self, worker: _Worker, pending: deque) -> None:
+        # Items the worker had not started yet go back to the front, in order, for another worker.
+        pending.extendleft(reversed(worker.chunk))
+        worker.chunk.clear()
 
-    def _expire_items(self, results: list, now: float, timeout_s: float) -> None:
+    def _receive(self, worker: _Worker, results: list, pending: deque) -> None:
+        while True:
+            try:
+                msg = worker.from_worker.recv()
+            except (EOFError, OSError):
+                code = worker.proc.poll()
+                if worker.chunk:
+                    died = f"reward worker died (exit code {code})"
+                    results[worker.chunk.popleft()] = Outcome("error", error=died,
+                                                              seconds=time.monotonic() - worker.since)
+                    self._requeue(worker, pending)
+                elif not worker.ready:
+                    self._start_failures += 1
+                    if self._start_failures >= 3:
+                        raise SandboxError(
+                            f"reward workers keep dying before they are ready (exit code {code})") from None
+                self._replace(worker)
+                return
+            if msg[0] == "ready":
+                worker.ready, self._start_failures = True, 0
+            elif msg[0] == "fatal":
+                self.close()
+                raise SandboxError(f"a reward worker failed to start:\n{msg[1]}")
+            else:  # ("result", index, status, value, error)
+                _, index, status, value, error = msg
+                now = time.monotonic()
+                if worker.chunk and worker.chunk[0] == index:
+                    worker.chunk.popleft()
+                    results[index] = Outcome(status, value, error, now - worker.since)
+                    worker.since = now
+            if not worker.from_worker.poll():  # drain what is there, then go back to waiting
+                return
+
+    def _expire_items(self, results: list, pending: deque, now: float, timeout_s: float) -> None:
         for worker in list(self._workers):
-            if worker.task is not None and now >= worker.task[2]:
-                index, sent, _ = worker.task
-                results[index] = Outcome("timeout", error=f"no result within reward.timeout_s={timeout_s}",
-                                         seconds=now - sent)
+            if worker.chunk and now >= worker.deadline(timeout_s):
+                results[worker.chunk.popleft()] = Outcome(
+                    "timeout", error=f"no result within reward.timeout_s={timeout_s}", seconds=now - worker.since)
+                self._requeue(worker, pending)
                 self._replace(worker)
             elif not worker.ready and now - worker.started > self.start_timeout_s:
                 raise SandboxError(f"a reward worker did not start within {self.start_timeout_s} s")
@@ -230,8 +255,8 @@ class WorkerPool:
     def _expire_batch(self, results, pending, busy, now, batch_timeout_s) -> None:
         error = f"reward.batch_timeout_s={batch_timeout_s} ran out before this item was scored"
         for worker in busy:
-            index, sent, _ = worker.task
-            results[index] = Outcome("timeout", error=error, seconds=now - sent)
+            results[worker.chunk.popleft()] = Outcome("timeout", error=error, seconds=now - worker.since)
+            self._requeue(worker, pending)
             self._replace(worker)
         while pending:
             results[pending.popleft()] = Outcome("timeout", error=error)

@@ -55,11 +55,12 @@ def main() -> None:
 
         registry.load_plugins(json.loads(plugins))
         registry.names()
-        # Warm math-verify now (imports, grammar, regex compilation: ~1 s) so the first item's
-        # budget is spent on the item.
-        from math_verify import parse
+        # Warm math-verify now (imports, its grammar, sympy's lazily imported modules: ~1 s) so
+        # the first items' budgets are spent on the items.
+        from mmr1.rewards.accuracy import WARMUP, math_match
 
-        parse("$1$")
+        for completion, solution in WARMUP:
+            math_match(completion, solution)
     except BaseException:  # noqa: BLE001 - reported to the trainer, which raises SandboxError
         results.send(("fatal", traceback.format_exc()))
         return
@@ -67,16 +68,17 @@ def main() -> None:
     fns: dict[str, Any] = {}
     while True:
         try:
-            index, name, payload = tasks.recv()
+            chunk = tasks.recv()  # [(index, reward name, pickled kwargs), ...]
         except EOFError:  # the trainer closed the pool or exited
             return
-        try:
-            if name not in fns:
-                fns[name] = registry.get(name)
-            reply = ("result", index, "ok", _one(fns[name](**pickle.loads(payload))), "")
-        except Exception:  # noqa: BLE001 - any failure of a reward is an error outcome, counted
-            reply = ("result", index, "error", None, _short_traceback())
-        results.send(reply)
+        for index, name, payload in chunk:
+            try:
+                if name not in fns:
+                    fns[name] = registry.get(name)
+                reply = ("result", index, "ok", _one(fns[name](**pickle.loads(payload))), "")
+            except Exception:  # noqa: BLE001 - any failure of a reward is an error outcome, counted
+                reply = ("result", index, "error", None, _short_traceback())
+            results.send(reply)  # one answer per item: the trainer times each item separately
 
 
 if __name__ == "__main__":
