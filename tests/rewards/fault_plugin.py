@@ -35,3 +35,9 @@ def plugin_slow_on_marker(completions, **kwargs):
             time.sleep(10**6)
         out.append(1.0)
     return out
+
+
+@register("plugin_step")
+def plugin_step(completions, trainer_state=None, **kwargs):
+    """Reward shaping on progress: plugins see trainer_state.global_step in the worker."""
+    return [float(trainer_state.global_step) if trainer_state is not None else -1.0 for _ in completions]

@@ -12,7 +12,8 @@ from test_reward_accuracy import generated_cases, seed
 from mmr1.rewards import RewardWatchdogError, build_reward_funcs
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
-FUNCS = ["external_r1v_acc", "format", "fault_raises", "fault_sleeps", "plugin_len", "plugin_slow_on_marker"]
+FUNCS = ["external_r1v_acc", "format", "fault_raises", "fault_sleeps", "plugin_len", "plugin_slow_on_marker",
+         "plugin_step"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,17 @@ def test_one_hanging_item_does_not_take_its_batch_with_it(funcs):
     out = funcs["plugin_slow_on_marker"](completions=completions)
     assert out == [1.0, 0.0, 1.0, 1.0]
     assert funcs["plugin_slow_on_marker"].stats["timeouts"] == 1
+
+
+def test_plugins_get_the_trainer_state_and_images_travel(funcs):
+    from PIL import Image
+    from transformers import TrainerState
+
+    state = TrainerState(global_step=7)
+    image = Image.new("RGB", (28, 28))
+    out = funcs["plugin_step"](completions=["a", "b"], trainer_state=state, image=[image, image],
+                               prompts=[[{"role": "user", "content": [{"type": "image", "image": image}]}]] * 2)
+    assert out == [7.0, 7.0]
 
 
 def test_it_works_outside_the_main_thread(funcs):

@@ -8,13 +8,13 @@ nothing but zeros or failures for `all_zero_patience` consecutive calls trips th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import pickle
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -198,17 +198,17 @@ class GuardedReward:
             return None
 
 
+_STATE_FIELDS = ("global_step", "max_steps", "epoch", "num_train_epochs", "logging_steps", "eval_steps",
+                 "save_steps", "train_batch_size", "is_world_process_zero", "is_local_process_zero")
+
+
 def _slim_state(state: Any) -> Any:
-    # Plugins may shape rewards on progress (global_step, epoch); the log history is neither needed
-    # nor cheap to pickle per item.
+    # Plugins may shape rewards on progress (trainer_state.global_step, .epoch, ...). A plain
+    # namespace of those fields, not TrainerState itself: unpickling that would import transformers
+    # and torch in the worker, seconds charged to the item's budget.
     if state is None:
         return None
-    try:
-        slim = dataclasses.replace(state, log_history=[]) if dataclasses.is_dataclass(state) else state
-        pickle.dumps(slim)
-        return slim
-    except Exception:  # noqa: BLE001 - a state that cannot travel is left out, not fatal
-        return None
+    return types.SimpleNamespace(**{k: getattr(state, k, None) for k in _STATE_FIELDS})
 
 
 def _clip(value: Any, limit: int = 4000) -> Any:

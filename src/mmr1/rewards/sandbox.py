@@ -167,19 +167,26 @@ class WorkerPool:
         """
         results: list[Outcome | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
-        batch_deadline = time.monotonic() + batch_timeout_s
+        batch_deadline = None
         with self._lock:
             self._fill()
             while True:
                 now = time.monotonic()
+                if batch_deadline is None and any(w.ready for w in self._workers):
+                    # The batch budget starts once a worker can take items: waiting for workers
+                    # that an earlier call had to replace is the sandbox's cost, not this reward's
+                    # (it is bounded by start_timeout_s). Replacements within this call do count.
+                    batch_deadline = now + batch_timeout_s
                 self._dispatch(tasks, pending, now)
                 busy = [w for w in self._workers if w.chunk]
                 if not pending and not busy:
                     break
-                if now >= batch_deadline:
+                if batch_deadline is not None and now >= batch_deadline:
                     self._expire_batch(results, pending, busy, now, batch_timeout_s)
                     break
-                wake = min([w.deadline(timeout_s) for w in busy] + [batch_deadline])
+                starting = [w.started + self.start_timeout_s for w in self._workers if not w.ready]
+                wake = min([w.deadline(timeout_s) for w in busy] + starting
+                           + ([batch_deadline] if batch_deadline is not None else []))
                 by_conn = {w.from_worker: w for w in self._workers if w.chunk or not w.ready}
                 for conn in wait(list(by_conn), timeout=max(0.0, wake - now)):
                     self._receive(by_conn[conn], results, pending)

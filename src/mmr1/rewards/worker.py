@@ -61,6 +61,10 @@ def main() -> None:
 
         for completion, solution in WARMUP:
             math_match(completion, solution)
+        try:  # images travel in `prompts`/`image` columns to plugin rewards: unpickling needs PIL
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            pass
     except BaseException:  # noqa: BLE001 - reported to the trainer, which raises SandboxError
         results.send(("fatal", traceback.format_exc()))
         return
