@@ -71,19 +71,34 @@ def test_math_verify_known_wrong_answers_are_kept():
 
 # (solutions, answers meaning the same, wrong answers): GRPO-like pairs, right and wrong in many forms.
 TRUTHS = [
-    (["<answer> 3 </answer>", "<answer>3</answer>", "3"], ["3", " 3 ", "$3$", "\\boxed{3}", "3.0"],
-     ["4", "2", "three", "3 objects"]),
-    (["<answer>\\frac{1}{2}</answer>", "0.5", "$\\frac{1}{2}$", "<answer> 0.5 </answer>"],
-     ["\\frac{1}{2}", "0.5", "1/2", "$0.5$", "\\dfrac{1}{2}", "$\\frac{1}{2}$"], ["\\frac{1}{3}", "0.25"]),
-    (["<answer>29°</answer>", "29", "<answer> 29 </answer>", "$29^\\circ$"],
-     ["29°", "29 degrees", "29", "$29^\\circ$", "29^{\\circ}", "\\angle ADC = 29"], ["58", "61°", "32"]),
+    (
+        ["<answer> 3 </answer>", "<answer>3</answer>", "3"],
+        ["3", " 3 ", "$3$", "\\boxed{3}", "3.0"],
+        ["4", "2", "three", "3 objects"],
+    ),
+    (
+        ["<answer>\\frac{1}{2}</answer>", "0.5", "$\\frac{1}{2}$", "<answer> 0.5 </answer>"],
+        ["\\frac{1}{2}", "0.5", "1/2", "$0.5$", "\\dfrac{1}{2}", "$\\frac{1}{2}$"],
+        ["\\frac{1}{3}", "0.25"],
+    ),
+    (
+        ["<answer>29°</answer>", "29", "<answer> 29 </answer>", "$29^\\circ$"],
+        ["29°", "29 degrees", "29", "$29^\\circ$", "29^{\\circ}", "\\angle ADC = 29"],
+        ["58", "61°", "32"],
+    ),
     (["<answer>Alabama</answer>", "Alabama"], ["Alabama", "alabama", "AL"], ["Texas", ""]),
     (["<answer>6.0% - 6.5%</answer>"], ["6.0% - 6.5%", "6.0%-6.5%", "6%"], ["5%", "7.0% - 7.5%"]),
-    (["$\\frac{\\sqrt{3}}{2}$", "<answer> $\\frac{\\sqrt{3}}{2}$ </answer>"],
-     ["\\frac{\\sqrt{3}}{2}", "$\\frac{\\sqrt{3}}{2}$", "0.866", "\\sqrt{3}/2"], ["\\frac{1}{2}", "\\sqrt{3}"]),
+    (
+        ["$\\frac{\\sqrt{3}}{2}$", "<answer> $\\frac{\\sqrt{3}}{2}$ </answer>"],
+        ["\\frac{\\sqrt{3}}{2}", "$\\frac{\\sqrt{3}}{2}$", "0.866", "\\sqrt{3}/2"],
+        ["\\frac{1}{2}", "\\sqrt{3}"],
+    ),
     (["", "  ", "<answer></answer>"], ["", " "], ["x", "0"]),
-    (["<answer>\n4\n</answer>", "<answer>three</answer>", "<answer> $\\boxed{12}$ </answer>"],
-     ["4", "three", "$\\boxed{12}$", "12"], ["5", "eleven"]),
+    (
+        ["<answer>\n4\n</answer>", "<answer>three</answer>", "<answer> $\\boxed{12}$ </answer>"],
+        ["4", "three", "$\\boxed{12}$", "12"],
+        ["5", "eleven"],
+    ),
 ]
 WRAPS = [
     "<think>I count the objects one by one.</think><answer>{}</answer>",
@@ -121,8 +136,11 @@ def test_outside_the_main_thread_it_still_equals_the_seed():
     cases = generated_cases(40, seed_value=1)
     completions, solutions = [c for c, _ in cases], [s for _, s in cases]
     out = {}
-    thread = threading.Thread(target=lambda: out.update(
-        seed=seed(completions, solutions), mmr1=external_r1v_acc(completions, solution=solutions)))
+    thread = threading.Thread(
+        target=lambda: out.update(
+            seed=seed(completions, solutions), mmr1=external_r1v_acc(completions, solution=solutions)
+        )
+    )
     thread.start()
     thread.join()
     assert out["mmr1"] == out["seed"]

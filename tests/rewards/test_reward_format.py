@@ -36,6 +36,11 @@ def test_format_literals_plain_and_conversational(text, expected):
 
 def test_format_batch_and_trl_kwargs():
     texts = [t for t, _ in CASES]
-    out = get("format")(prompts=["p"] * len(texts), completions=texts, completion_ids=[[1]] * len(texts),
-                        trainer_state=None, solution=["x"] * len(texts))
+    out = get("format")(
+        prompts=["p"] * len(texts),
+        completions=texts,
+        completion_ids=[[1]] * len(texts),
+        trainer_state=None,
+        solution=["x"] * len(texts),
+    )
     assert out == [e for _, e in CASES]

@@ -22,6 +22,7 @@ def test_duplicate_names_are_refused():
         return [0.0] * len(completions)
 
     with pytest.raises(ValueError, match="test_dup_reward"):
+
         @register("test_dup_reward")
         def second(completions, **kwargs):
             return [1.0] * len(completions)
@@ -35,7 +36,9 @@ def test_dotted_paths_resolve():
 
 
 def test_a_plugin_file_registers_a_reward_used_by_name_from_config():
-    funcs = build_reward_funcs({"funcs": ["format", "plugin_len"], "plugins": [str(PLUGIN)], "num_workers": 1})
+    funcs = build_reward_funcs(
+        {"funcs": ["format", "plugin_len"], "plugins": [str(PLUGIN)], "num_workers": 1}
+    )
     try:
         assert [f.__name__ for f in funcs] == ["format", "plugin_len"]
         assert funcs[1](completions=["x" * 50, [{"role": "assistant", "content": "y" * 200}]]) == [0.5, 2.0]
@@ -62,15 +65,18 @@ def test_a_plugin_that_fails_to_import_is_named(tmp_path):
         build_reward_funcs({"funcs": ["format"], "plugins": [str(broken)]})
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ({"weights": [1.0]}, "reward.weights"),
-    ({"timeout_s": 0}, "reward.timeout_s"),
-    ({"num_workers": 0}, "reward.num_workers"),
-    ({"on_all_zero": "explode"}, "reward.on_all_zero"),
-    ({"funcs": []}, "reward.funcs"),
-    ({"funcs": ["format", "format"]}, "reward.funcs"),
-    ({"timeuot_s": 3}, "timeuot_s"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"weights": [1.0]}, "reward.weights"),
+        ({"timeout_s": 0}, "reward.timeout_s"),
+        ({"num_workers": 0}, "reward.num_workers"),
+        ({"on_all_zero": "explode"}, "reward.on_all_zero"),
+        ({"funcs": []}, "reward.funcs"),
+        ({"funcs": ["format", "format"]}, "reward.funcs"),
+        ({"timeuot_s": 3}, "timeuot_s"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(override, key):
     with pytest.raises(RewardConfigError, match=key.replace(".", r"\.")):
         as_reward_config({"funcs": ["external_r1v_acc", "format"], **override})

@@ -12,8 +12,15 @@ from test_reward_accuracy import generated_cases, seed
 from mmr1.rewards import RewardWatchdogError, build_reward_funcs
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
-FUNCS = ["external_r1v_acc", "format", "fault_raises", "fault_sleeps", "plugin_len", "plugin_slow_on_marker",
-         "plugin_step"]
+FUNCS = [
+    "external_r1v_acc",
+    "format",
+    "fault_raises",
+    "fault_sleeps",
+    "plugin_len",
+    "plugin_slow_on_marker",
+    "plugin_step",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +31,15 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def funcs(run_dir):
     # One pool for the module: workers take ~1-2 s to start (sympy, math-verify).
-    cfg = {"funcs": FUNCS, "plugins": [str(PLUGIN)], "timeout_s": 1.0, "batch_timeout_s": 20.0,
-           "num_workers": 2, "max_failures_logged": 3, "all_zero_patience": 0}
+    cfg = {
+        "funcs": FUNCS,
+        "plugins": [str(PLUGIN)],
+        "timeout_s": 1.0,
+        "batch_timeout_s": 20.0,
+        "num_workers": 2,
+        "max_failures_logged": 3,
+        "all_zero_patience": 0,
+    }
     built = build_reward_funcs(cfg, run_dir)
     yield dict(zip(FUNCS, built))
     built[0].close()
@@ -41,9 +55,16 @@ class Metrics:
 
 def trl_kwargs(completions, solutions, metrics):
     # What TRL's _calculate_rewards passes, helpers included.
-    return {"prompts": ["How many?"] * len(completions), "completions": completions,
-            "completion_ids": [[1, 2]] * len(completions), "trainer_state": None, "log_extra": lambda *a: None,
-            "log_metric": metrics, "solution": solutions, "image": [None] * len(completions)}
+    return {
+        "prompts": ["How many?"] * len(completions),
+        "completions": completions,
+        "completion_ids": [[1, 2]] * len(completions),
+        "trainer_state": None,
+        "log_extra": lambda *a: None,
+        "log_metric": metrics,
+        "solution": solutions,
+        "image": [None] * len(completions),
+    }
 
 
 def test_names_are_the_configured_names(funcs):
@@ -56,7 +77,10 @@ def test_accuracy_through_the_sandbox_equals_the_seed(funcs):
     metrics = Metrics()
     out = funcs["external_r1v_acc"](**trl_kwargs(completions, solutions, metrics))
     assert out == seed(completions, solutions)
-    assert metrics.logged == {"rewards/external_r1v_acc/timeouts": [0.0], "rewards/external_r1v_acc/errors": [0.0]}
+    assert metrics.logged == {
+        "rewards/external_r1v_acc/timeouts": [0.0],
+        "rewards/external_r1v_acc/errors": [0.0],
+    }
     conversational = [[{"role": "assistant", "content": c}] for c in completions]
     assert funcs["external_r1v_acc"](completions=conversational, solution=solutions) == out
 
@@ -104,8 +128,12 @@ def test_plugins_get_the_trainer_state_and_images_travel(funcs):
 
     state = TrainerState(global_step=7)
     image = Image.new("RGB", (28, 28))
-    out = funcs["plugin_step"](completions=["a", "b"], trainer_state=state, image=[image, image],
-                               prompts=[[{"role": "user", "content": [{"type": "image", "image": image}]}]] * 2)
+    out = funcs["plugin_step"](
+        completions=["a", "b"],
+        trainer_state=state,
+        image=[image, image],
+        prompts=[[{"role": "user", "content": [{"type": "image", "image": image}]}]] * 2,
+    )
     assert out == [7.0, 7.0]
 
 
@@ -113,7 +141,9 @@ def test_it_works_outside_the_main_thread(funcs):
     cases = generated_cases(30, seed_value=3)
     completions, solutions = [c for c, _ in cases], [s for _, s in cases]
     out = {}
-    thread = threading.Thread(target=lambda: out.update(r=funcs["external_r1v_acc"](completions, solution=solutions)))
+    thread = threading.Thread(
+        target=lambda: out.update(r=funcs["external_r1v_acc"](completions, solution=solutions))
+    )
     thread.start()
     thread.join()
     assert out["r"] == seed(completions, solutions)  # the seed's main-thread result, math-verify included
@@ -134,8 +164,17 @@ def test_a_missing_dataset_column_fails_loudly(funcs):
 
 
 def test_batch_budget(run_dir):
-    funcs = build_reward_funcs({"funcs": ["fault_sleeps"], "plugins": [str(PLUGIN)], "timeout_s": 30.0,
-                                "batch_timeout_s": 2.5, "num_workers": 2, "all_zero_patience": 0}, run_dir)
+    funcs = build_reward_funcs(
+        {
+            "funcs": ["fault_sleeps"],
+            "plugins": [str(PLUGIN)],
+            "timeout_s": 30.0,
+            "batch_timeout_s": 2.5,
+            "num_workers": 2,
+            "all_zero_patience": 0,
+        },
+        run_dir,
+    )
     try:
         assert funcs[0].pool.wait_ready()
         t0 = time.monotonic()

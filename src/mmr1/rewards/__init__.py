@@ -16,7 +16,20 @@ from mmr1.rewards.sandbox import SandboxError, WorkerPool, shutdown
 from mmr1.rewards.text import completion_text
 
 __all__ = [
-    "FAILURES_FILE", "REWARDS", "GuardedReward", "OnAllZero", "RewardConfig", "RewardConfigError",
-    "RewardWatchdogError", "SandboxError", "WorkerPool", "build_reward_funcs", "completion_text", "get",
-    "load_plugins", "names", "register", "shutdown",
+    "FAILURES_FILE",
+    "REWARDS",
+    "GuardedReward",
+    "OnAllZero",
+    "RewardConfig",
+    "RewardConfigError",
+    "RewardWatchdogError",
+    "SandboxError",
+    "WorkerPool",
+    "build_reward_funcs",
+    "completion_text",
+    "get",
+    "load_plugins",
+    "names",
+    "register",
+    "shutdown",
 ]

@@ -28,5 +28,7 @@ def build_reward_funcs(reward_cfg: Any, run_dir: Path | None = None) -> list[Gua
     pool = None
     if any(s.isolate for s in specs.values()):
         pool = WorkerPool(cfg.num_workers, plugins).start()
-    failures = FailureLog(Path(run_dir) / FAILURES_FILE if run_dir is not None else None, cfg.max_failures_logged)
+    failures = FailureLog(
+        Path(run_dir) / FAILURES_FILE if run_dir is not None else None, cfg.max_failures_logged
+    )
     return [GuardedReward(name, s, cfg, pool, failures) for name, s in specs.items()]

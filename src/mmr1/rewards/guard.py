@@ -77,8 +77,9 @@ class Watchdog:
 class GuardedReward:
     """A TRL reward function (`__name__` = the configured name) running `spec` behind the sandbox."""
 
-    def __init__(self, name: str, spec: RewardSpec, cfg: RewardConfig, pool: WorkerPool | None,
-                 failures: FailureLog):
+    def __init__(
+        self, name: str, spec: RewardSpec, cfg: RewardConfig, pool: WorkerPool | None, failures: FailureLog
+    ):
         self.__name__ = name
         self.spec, self.cfg, self.pool, self.failures = spec, cfg, pool, failures
         self.watchdog = Watchdog(name, cfg.all_zero_patience, cfg.on_all_zero)
@@ -111,11 +112,17 @@ class GuardedReward:
             counts["timeouts" if out.status == "timeout" else "errors"] += 1
             values.append(self.cfg.failure_reward)
             failed.append(True)
-            self.failures.write({
-                "reward": self.__name__, "kind": out.status, "error": out.error, "seconds": round(out.seconds, 3),
-                "step": getattr(state, "global_step", None), "completion": _clip(completions[i]),
-                "columns": {k: _clip(v[i]) for k, v in columns.items()},
-            })
+            self.failures.write(
+                {
+                    "reward": self.__name__,
+                    "kind": out.status,
+                    "error": out.error,
+                    "seconds": round(out.seconds, 3),
+                    "step": getattr(state, "global_step", None),
+                    "completion": _clip(completions[i]),
+                    "columns": {k: _clip(v[i]) for k, v in columns.items()},
+                }
+            )
         self.stats["calls"] += 1
         self.stats["items"] += len(values)
         for key, count in counts.items():
@@ -123,8 +130,14 @@ class GuardedReward:
             if callable(log_metric):  # logged every call, zeros included, so TRL's average is per call
                 log_metric(f"rewards/{self.__name__}/{key}", float(count))
         if any(failed):
-            logger.warning("reward %r: %d error(s), %d timeout(s) in %d items (given %r)", self.__name__,
-                           counts["errors"], counts["timeouts"], len(values), self.cfg.failure_reward)
+            logger.warning(
+                "reward %r: %d error(s), %d timeout(s) in %d items (given %r)",
+                self.__name__,
+                counts["errors"],
+                counts["timeouts"],
+                len(values),
+                self.cfg.failure_reward,
+            )
         self.last_seconds = [o.seconds for o in outcomes]
         self.watchdog.update(values, failed)
         return values
@@ -136,8 +149,10 @@ class GuardedReward:
         missing = [c for c in wanted if c not in kwargs]
         if missing:
             # A dataset without the column is a config error, not a flaky item: fail loudly, once.
-            raise KeyError(f"reward {self.__name__!r} needs dataset column(s) {missing}; "
-                           f"this batch has {sorted(k for k in kwargs if k not in _NOT_COLUMNS)}")
+            raise KeyError(
+                f"reward {self.__name__!r} needs dataset column(s) {missing}; "
+                f"this batch has {sorted(k for k in kwargs if k not in _NOT_COLUMNS)}"
+            )
         cols = {}
         for key in wanted:
             value = kwargs[key]
@@ -174,8 +189,9 @@ class GuardedReward:
                     outcomes[i] = Outcome("ok", quick)
                     continue
             try:
-                payload = pickle.dumps({"completions": [completions[i]], **{k: [v] for k, v in item.items()},
-                                        **extras})
+                payload = pickle.dumps(
+                    {"completions": [completions[i]], **{k: [v] for k, v in item.items()}, **extras}
+                )
             except Exception as exc:  # noqa: BLE001 - pickling can raise anything
                 outcomes[i] = Outcome("error", error=f"inputs cannot be pickled: {type(exc).__name__}: {exc}")
                 continue
@@ -198,8 +214,18 @@ class GuardedReward:
             return None
 
 
-_STATE_FIELDS = ("global_step", "max_steps", "epoch", "num_train_epochs", "logging_steps", "eval_steps",
-                 "save_steps", "train_batch_size", "is_world_process_zero", "is_local_process_zero")
+_STATE_FIELDS = (
+    "global_step",
+    "max_steps",
+    "epoch",
+    "num_train_epochs",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "train_batch_size",
+    "is_world_process_zero",
+    "is_local_process_zero",
+)
 
 
 def _slim_state(state: Any) -> Any:

@@ -139,8 +139,15 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH")) if p)
         # One thread per worker: the pool is the parallelism; BLAS threads would only oversubscribe.
         env.setdefault("OMP_NUM_THREADS", "1")
-        argv = [sys.executable, "-c", _BOOT, str(to_child_r), str(from_child_w), str(os.getpid()),
-                json.dumps(self.plugins)]
+        argv = [
+            sys.executable,
+            "-c",
+            _BOOT,
+            str(to_child_r),
+            str(from_child_w),
+            str(os.getpid()),
+            json.dumps(self.plugins),
+        ]
         try:
             proc = self._spawner.submit(
                 subprocess.Popen, argv, pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL
@@ -185,8 +192,11 @@ class WorkerPool:
                     self._expire_batch(results, pending, busy, now, batch_timeout_s)
                     break
                 starting = [w.started + self.start_timeout_s for w in self._workers if not w.ready]
-                wake = min([w.deadline(timeout_s) for w in busy] + starting
-                           + ([batch_deadline] if batch_deadline is not None else []))
+                wake = min(
+                    [w.deadline(timeout_s) for w in busy]
+                    + starting
+                    + ([batch_deadline] if batch_deadline is not None else [])
+                )
                 by_conn = {w.from_worker: w for w in self._workers if w.chunk or not w.ready}
                 for conn in wait(list(by_conn), timeout=max(0.0, wake - now)):
                     self._receive(by_conn[conn], results, pending)
@@ -224,14 +234,16 @@ class WorkerPool:
                 code = worker.proc.poll()
                 if worker.chunk:
                     died = f"reward worker died (exit code {code})"
-                    results[worker.chunk.popleft()] = Outcome("error", error=died,
-                                                              seconds=time.monotonic() - worker.since)
+                    results[worker.chunk.popleft()] = Outcome(
+                        "error", error=died, seconds=time.monotonic() - worker.since
+                    )
                     self._requeue(worker, pending)
                 elif not worker.ready:
                     self._start_failures += 1
                     if self._start_failures >= 3:
                         raise SandboxError(
-                            f"reward workers keep dying before they are ready (exit code {code})") from None
+                            f"reward workers keep dying before they are ready (exit code {code})"
+                        ) from None
                 self._replace(worker)
                 return
             if msg[0] == "ready":
@@ -253,7 +265,10 @@ class WorkerPool:
         for worker in list(self._workers):
             if worker.chunk and now >= worker.deadline(timeout_s):
                 results[worker.chunk.popleft()] = Outcome(
-                    "timeout", error=f"no result within reward.timeout_s={timeout_s}", seconds=now - worker.since)
+                    "timeout",
+                    error=f"no result within reward.timeout_s={timeout_s}",
+                    seconds=now - worker.since,
+                )
                 self._requeue(worker, pending)
                 self._replace(worker)
             elif not worker.ready and now - worker.started > self.start_timeout_s:

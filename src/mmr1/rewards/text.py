@@ -23,6 +23,8 @@ def completion_text(completion: Any) -> Any:
     if isinstance(completion, list) and completion and isinstance(completion[0], dict):
         content = completion[0].get("content")
         if isinstance(content, list):
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            return "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            )
         return content
     return completion

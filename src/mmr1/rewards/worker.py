@@ -46,7 +46,12 @@ def _short_traceback() -> str:
 
 
 def main() -> None:
-    task_fd, result_fd, parent_pid, plugins = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    task_fd, result_fd, parent_pid, plugins = (
+        int(sys.argv[1]),
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        sys.argv[4],
+    )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it kills us
     _die_with_parent(parent_pid)
     tasks, results = Connection(task_fd, writable=False), Connection(result_fd, readable=False)
