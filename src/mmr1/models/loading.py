@@ -28,12 +28,7 @@ def load_processor(path: str, *, min_pixels: int | None, max_pixels: int | None,
     """The processor with its image limits set to mmr1's resolved ones, so it never resizes again."""
     from transformers import AutoProcessor
 
-    kwargs = {}
-    if min_pixels is not None:
-        kwargs["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is not None:
         # transformers 5 reads the limits from `size` (shortest_edge/longest_edge are pixel counts for
