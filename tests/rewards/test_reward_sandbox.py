@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_reward_accuracy import generated_cases, seed
 
-from mmr1.rewards import RewardWatchdogError, build_reward_funcs
+from mmr1.rewards import GuardedReward, RewardConfig, RewardWatchdogError, build_reward_funcs
+from mmr1.rewards.guard import FailureLog
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
 FUNCS = [
@@ -124,9 +125,11 @@ def test_one_hanging_item_does_not_take_its_batch_with_it(funcs):
 
 def test_plugins_get_the_trainer_state_and_images_travel(funcs):
     from PIL import Image
-    from transformers import TrainerState
 
-    state = TrainerState(global_step=7)
+    class State:  # like TrainerState, and like it not importable in a worker: only plain fields travel
+        global_step, epoch, log_history = 7, 0.5, [{"loss": 1.0}] * 1000
+
+    state = State()
     image = Image.new("RGB", (28, 28))
     out = funcs["plugin_step"](
         completions=["a", "b"],
@@ -163,27 +166,26 @@ def test_a_missing_dataset_column_fails_loudly(funcs):
         funcs["external_r1v_acc"](completions=["3"])
 
 
-def test_batch_budget(run_dir):
-    funcs = build_reward_funcs(
-        {
-            "funcs": ["fault_sleeps"],
-            "plugins": [str(PLUGIN)],
-            "timeout_s": 30.0,
-            "batch_timeout_s": 2.5,
-            "num_workers": 2,
-            "all_zero_patience": 0,
-        },
-        run_dir,
-    )
-    try:
-        assert funcs[0].pool.wait_ready()
-        t0 = time.monotonic()
-        assert funcs[0](completions=["a", "b", "c", "d"]) == [0.0] * 4
-        assert time.monotonic() - t0 < 4.0  # the batch budget (2.5 s), not 4 x 30 s
-        assert funcs[0].stats["timeouts"] == 4
-    finally:
-        funcs[0].close()
+def test_batch_budget(funcs):
+    # The module's pool, with a generous per-item budget: only the batch budget can end this call.
+    sleeps = funcs["fault_sleeps"]
+    cfg = RewardConfig(funcs=["fault_sleeps"], timeout_s=30.0, batch_timeout_s=2.5, all_zero_patience=0)
+    guarded = GuardedReward("fault_sleeps", sleeps.spec, cfg, sleeps.pool, FailureLog(None, 0))
+    assert sleeps.pool.wait_ready()
+    t0 = time.monotonic()
+    assert guarded(completions=["a", "b", "c", "d"]) == [0.0] * 4
+    assert time.monotonic() - t0 < 4.0  # the batch budget (2.5 s), not 4 x 30 s
+    assert guarded.stats["timeouts"] == 4
+
+
+def test_close_leaves_no_process_behind():
+    funcs = build_reward_funcs({"funcs": ["external_r1v_acc"], "num_workers": 1})
+    pids = funcs[0].pool.pids()
+    funcs[0].close()
     assert funcs[0].pool.pids() == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_watchdog_warns_then_stops(caplog):
