@@ -27,17 +27,24 @@ register_configs()
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one GRPO training job described by ``cfg``; return its final metrics."""
     from mmr1.data import resolve_pixel_limits
+    from mmr1.launch import is_main_process, write_deepspeed_config, write_launch_plan
     from mmr1.rewards import build_reward_funcs
 
     started = time.time()
-    run_dir = prepare_run_dir(cfg.run_dir)
+    # Rank 0 alone checks and writes the run directory (the launching process created it for all ranks).
+    main_rank = is_main_process()
+    run_dir = prepare_run_dir(cfg.run_dir) if main_rank else Path(cfg.run_dir)
     # Everything that can fail on config alone fails here, before weights, data or GPUs.
     reward_funcs = build_reward_funcs(cfg.reward, run_dir)
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     grpo_kwargs = build_grpo_kwargs(cfg, run_dir)
-    write_config(cfg, run_dir)
-    write_json(run_dir / "grpo_args.json", grpo_kwargs)
+    if main_rank:
+        write_config(cfg, run_dir)
+        write_json(run_dir / "grpo_args.json", grpo_kwargs)
+        if cfg.deepspeed.enabled:
+            write_deepspeed_config(cfg.deepspeed, run_dir)  # what grpo_kwargs["deepspeed"] points to
     if cfg.dry_run:
+        write_launch_plan(cfg, run_dir)  # launch.json; a layout that cannot work fails here
         _print_summary(cfg, grpo_kwargs, limits, run_dir)
         return {}
 
@@ -80,16 +87,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     resume = _resume_checkpoint(cfg, run_dir)
     trainer.train(resume_from_checkpoint=resume)
+    # Every rank: under ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes on rank 0.
+    trainer.save_model(str(run_dir / "final"))
     if trainer.is_world_process_zero():
-        trainer.save_model(str(run_dir / "final"))
         processor.save_pretrained(str(run_dir / "final"))
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     rows = read_metrics(run_dir / "metrics.jsonl")
     final = rows[-1] if rows else {}
-    write_json(run_dir / "run_info.json", {
-        "status": "finished", "steps": trainer.state.global_step, "wall_time_s": round(time.time() - started, 1),
-        "world_size": trainer.args.world_size, "model_path": model_path,
-    })
+    if trainer.is_world_process_zero():
+        write_json(run_dir / "run_info.json", {
+            "status": "finished", "steps": trainer.state.global_step, "wall_time_s": round(time.time() - started, 1),
+            "world_size": trainer.args.world_size, "model_path": model_path,
+        })
     return final
 
 
@@ -121,7 +130,9 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) ->
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    final = train(cfg)
+    from mmr1.launch import launch
+
+    final = launch(cfg, train)  # here, or through `accelerate launch` (+ a vLLM server): mmr1.launch
     print(f"Run directory: {Path(cfg.run_dir).resolve()}")
     reward = final.get("reward")
     return float(reward) if isinstance(reward, (int, float)) else None

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmr1.launch.vllm_server import client_host
+
 # mmr1 keys under `trainer` that are not GRPOConfig fields.
 _MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length"}
 
@@ -51,10 +53,20 @@ def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if cfg.reward.weights is not None:
         kwargs["reward_weights"] = list(cfg.reward.weights)
     kwargs.update(_rollout_kwargs(cfg))
-    if cfg.deepspeed.enabled:
-        kwargs["deepspeed"] = str(Path(run_dir) / "deepspeed.json")
+    kwargs.update(_deepspeed_kwargs(cfg, run_dir))
     kwargs.update(extra)
     return kwargs
+
+
+def _deepspeed_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    ds = cfg.deepspeed
+    if not ds.enabled:
+        return {}
+    # mmr1.launch writes this file (rank 0 / the launching process) before the Trainer reads it.
+    out: dict[str, Any] = {"deepspeed": str(Path(run_dir) / "deepspeed.json")}
+    if ds.stage == 3:
+        out["ds3_gather_for_generation"] = ds.gather_for_generation
+    return out
 
 
 def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -69,7 +81,7 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
     if r.vllm_mode not in ("server", "colocate"):
         raise ValueError(f"rollout.vllm_mode must be 'server' or 'colocate' with vllm, got {r.vllm_mode!r}")
-    out.update(vllm_mode=r.vllm_mode, vllm_max_model_length=r.max_model_len)
+    out.update(vllm_mode=r.vllm_mode, vllm_max_model_length=r.max_model_len, vllm_model_impl=r.model_impl)
     if r.vllm_mode == "colocate":
         out.update(
             vllm_gpu_memory_utilization=r.gpu_memory_utilization,
@@ -77,15 +89,11 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
             vllm_enable_sleep_mode=r.enable_sleep_mode,
         )
     else:
-        # In server mode memory utilization / parallelism are arguments of `trl vllm-serve`.
+        # In server mode memory utilization / parallelism are arguments of `trl vllm-serve`
+        # (mmr1.launch.vllm_server); the trainers only need to find the server.
         if r.server_base_url:
             out["vllm_server_base_url"] = r.server_base_url
         else:
-            out.update(vllm_server_host=_client_host(r.server_host), vllm_server_port=r.server_port)
-        out["vllm_server_timeout"] = r.server_timeout_s
+            out.update(vllm_server_host=client_host(r.server_host), vllm_server_port=r.server_port)
+        out.update(vllm_server_timeout=r.server_timeout_s, vllm_group_port=r.group_port)
     return out
-
-
-def _client_host(bind_host: str) -> str:
-    # The server binds 0.0.0.0; the trainers connect to it on this node.
-    return "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host

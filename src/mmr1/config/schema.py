@@ -53,6 +53,12 @@ class ModelConfig:
 
 @dataclass
 class RolloutConfig:
+    """Who generates the completions: TRL's own generate (hf) or TRL's vLLM integration.
+
+    Mapped onto GRPOConfig's ``vllm_*`` fields by ``mmr1.config.grpo_args``; in server mode the engine
+    settings are arguments of the ``trl vllm-serve`` process that ``mmr1.launch`` starts.
+    """
+
     # hf = transformers generate inside the trainer; vllm = TRL's vLLM integration (server|colocate).
     backend: str = "hf"
     vllm_mode: str | None = None
@@ -60,11 +66,24 @@ class RolloutConfig:
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    # GPUs reserved for the server on node 0; must equal data_parallel_size x tensor_parallel_size.
     server_gpus: int = 0
+    # Comma-separated device ids for the server; null = the server_gpus GPUs after the trainers'.
+    server_gpu_ids: str | None = None
     server_host: str = "0.0.0.0"
     server_port: int = 8000
+    # Set to attach to a server that is already running (mmr1 then starts none, only checks /health).
     server_base_url: str | None = None
     server_timeout_s: float = 600.0
+    # NCCL port of the weight-sync group between trainer rank 0 and the server (TRL: vllm_group_port).
+    group_port: int = 51216
+    # Server engine options (`trl vllm-serve` flags); null = vLLM's default.
+    dtype: str | None = None
+    enable_prefix_caching: bool | None = None
+    enforce_eager: bool = False
+    # Verbatim extra arguments for `trl vllm-serve` (forwarded by it to `vllm serve`).
+    server_extra_args: list[str] = field(default_factory=list)
+    model_impl: str = "vllm"
     enable_sleep_mode: bool = False
     # The seed (ms-swift at the time) had no vLLM importance-sampling correction; TRL's default is on.
     importance_sampling_correction: bool = False
@@ -142,22 +161,50 @@ class LoggerConfig:
 
 @dataclass
 class LauncherConfig:
-    # local = this process only; accelerate = re-launch through `accelerate launch`.
+    """How many processes on which GPUs. Unset (null) keys fall back to the seed's env conventions
+    (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, CUDA_VISIBLE_DEVICES): config wins.
+    More than one process in total always re-launches through `accelerate launch` (see mmr1.launch)."""
+
+    # local = this process when one process is asked for; accelerate = always `accelerate launch`.
     name: str = "local"
     nproc_per_node: int | None = None
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    nnodes: int | None = None
+    node_rank: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+    # GPUs on one node; null = detected. Set it to compute (and check) a launch plan on another machine.
     gpus_per_node: int | None = None
+    # Comma-separated device ids this run may use (CUDA_VISIBLE_DEVICES); null = env, else 0..gpus-1.
+    gpu_ids: str | None = None
+    # Seconds the children get to exit after SIGTERM (Ctrl-C, scancel, a failed rank) before SIGKILL.
+    shutdown_grace_s: float = 30.0
+    # Verbatim extra `accelerate launch` arguments.
+    extra_args: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DeepSpeedConfig:
+    """DeepSpeed ZeRO through accelerate/Trainer; mmr1.launch.deepspeed writes the JSON (run_dir/deepspeed.json).
+
+    Batch sizes, clipping and precision are "auto": the Trainer fills them from the GRPOConfig, so the
+    two can never disagree.
+    """
+
     enabled: bool = False
     stage: int = 3
     offload_optimizer: bool = False
     offload_param: bool = False
+    # "auto" follows trainer.bf16; true/false pins it.
+    bf16: str = "auto"
+    # ZeRO-3 shards the weights: gather a 16-bit copy when saving so that checkpoints (and the final
+    # model) are loadable by transformers / vLLM without DeepSpeed's zero_to_fp32 step.
+    gather_16bit_weights_on_model_save: bool = True
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    # TRL's ds3_gather_for_generation: gather ZeRO-3 weights for generation (required with vLLM).
+    gather_for_generation: bool = True
+    # Merged last into the JSON (e.g. {"zero_optimization": {"sub_group_size": 1e8}}).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
