@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_reward_accuracy import generated_cases, seed
 
-from mmr1.rewards import GuardedReward, RewardConfig, RewardWatchdogError, build_reward_funcs
+from mmr1.rewards import GuardedReward, RewardConfig, RewardWatchdogError, SandboxError, build_reward_funcs
 from mmr1.rewards.guard import FailureLog
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
@@ -186,6 +186,8 @@ def test_close_leaves_no_process_behind():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    with pytest.raises(SandboxError, match="closed"):
+        funcs[0](["I think 3"], solution=["<answer> 4 </answer>"])
 
 
 def test_watchdog_warns_then_stops(caplog):

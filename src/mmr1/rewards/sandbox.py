@@ -83,6 +83,7 @@ class WorkerPool:
         self.plugins = [str(p) for p in plugins]
         self.start_timeout_s = start_timeout_s
         self.restarts = 0  # workers replaced after a timeout, crash or batch deadline
+        self.closed = False
         self._lock = threading.Lock()
         self._new_process_state()
         _POOLS.add(self)
@@ -117,10 +118,15 @@ class WorkerPool:
 
     def close(self) -> None:
         """Kill the workers (they hold no state worth a graceful stop). Safe to call twice."""
+        self.closed = True
         self._finalizer()
         self._spawner.shutdown(wait=False)
 
     def _fill(self) -> None:
+        if self.closed:
+            raise SandboxError(
+                "this reward pool was closed (close() or mmr1.rewards.shutdown()); build a new one"
+            )
         if os.getpid() != self._pid:
             # A forked child (e.g. a data-loader worker) inherited our handles: those workers are
             # not its children. Drop the handles without killing, start its own pool.
