@@ -85,6 +85,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         processing_class=processor,
         callbacks=[metrics_cb],
     )
+    from mmr1.tracking.progress import install as install_progress
+    from mmr1.tracking.wandb_run import setup_wandb
+
+    install_progress(trainer)  # one bar with step, reward, ETA instead of a log dict per step
+    if trainer.is_world_process_zero():
+        setup_wandb(cfg, run_dir)  # offline without a key; grouped by sweep, named by overrides
     resume = _resume_checkpoint(cfg, run_dir)
     trainer.train(resume_from_checkpoint=resume)
     # Every rank: under ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes on rank 0.
@@ -132,7 +138,13 @@ def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from mmr1.launch import launch
 
-    final = launch(cfg, train)  # here, or through `accelerate launch` (+ a vLLM server): mmr1.launch
+    try:
+        final = launch(cfg, train)  # here, or through `accelerate launch` (+ a vLLM server): mmr1.launch
+    except Exception as err:
+        from mmr1.sweep.status import record_failure
+
+        record_failure(cfg.run_dir, err)  # run_info.json: failed + the error's first line, for the sweep report
+        raise
     print(f"Run directory: {Path(cfg.run_dir).resolve()}")
     reward = final.get("reward")
     return float(reward) if isinstance(reward, (int, float)) else None

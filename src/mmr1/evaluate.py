@@ -1,0 +1,279 @@
+"""Evaluate: ``python -m mmr1.evaluate [+experiment=NAME] [eval.checkpoint=PATH] [key=value ...]``.
+
+Greedy accuracy (and, with ``eval.num_samples=n``, sampled pass@k) of a model on a task's held-out split,
+scored by the same reward functions training uses (``reward.funcs``, sandboxed), written to ``eval.json``
+with per-sample records. The config is the training config (same overrides, same data seed, so the same
+held-out rows) plus the ``eval`` node below (conf/evaluate.yaml).
+
+What is evaluated (``eval.checkpoint``):
+- null: the model training would start from (``model.name_or_path`` plus its cached warm-start), i.e. the
+  "before" of a run;
+- a run directory: its ``final/`` model; ``eval.json`` then goes into the run directory, where the sweep
+  report picks it up;
+- a checkpoint directory (``.../checkpoint-350``, ``.../final``) or a hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from mmr1.config import register_configs
+from mmr1.config.schema import TrainConfig
+from mmr1.train import CONF_DIR
+
+log = logging.getLogger("mmr1.evaluate")
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str | None = None
+    split: str = "eval"                 # eval = the held-out rows (dataset.eval_size); train = training rows
+    limit: int | None = None            # first N rows of the split
+    batch_size: int = 32                # prompts per generate() call
+    max_new_tokens: int | None = None   # null: trainer.max_completion_length (what training allowed)
+    greedy: bool = True
+    num_samples: int = 0                # n sampled completions per prompt for pass@k; 0 = greedy only
+    temperature: float | None = None    # sampling settings, null: the trainer's (what rollouts used)
+    top_p: float | None = None
+    top_k: int | None = None
+    pass_k: list[int] = field(default_factory=lambda: [1])
+    output: str | None = None           # null: <run dir>/eval.json (see module docstring)
+    device: str = "auto"                # auto = cuda if available, else cpu
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig(TrainConfig):
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_eval_schema() -> None:
+    """conf/evaluate.yaml includes conf/train.yaml, whose first default is ``train_schema``: in this
+    process that name holds the training schema plus ``eval``, so typos under ``eval.`` fail too."""
+    register_configs()
+    ConfigStore.instance().store(name="train_schema", node=EvaluateConfig)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per prompt (eval.num_samples={n})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def reward_roles(names: list[str]) -> tuple[str, str | None]:
+    """(accuracy reward, format reward): the reward named like an accuracy, else the first non-format one."""
+    fmt = "format" if "format" in names else None
+    others = [n for n in names if n != fmt] or names
+    return next((n for n in others if "acc" in n.lower()), others[0]), fmt
+
+
+def _completion_lengths(ids, eos_ids: set[int], pad_id: int | None) -> tuple[list[int], list[bool]]:
+    """Tokens up to and including the first end-of-turn token (TRL counts the same way); truncated if none."""
+    lengths, truncated = [], []
+    for row in ids.tolist():
+        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        if end is None:
+            n = sum(1 for t in row if t != pad_id) if pad_id is not None else len(row)
+            lengths.append(n)
+            truncated.append(True)
+        else:
+            lengths.append(end + 1)
+            truncated.append(False)
+    return lengths, truncated
+
+
+def generate(model, processor, rows: list[dict], *, n: int, do_sample: bool, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> list[list[dict]]:
+    """Completions for each row (``n`` of them): ``[{"text", "length", "truncated"}, ...]`` per row."""
+    import torch
+
+    from mmr1.models.warmstart import _pil
+
+    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    images = [[_pil(r["image"])] for r in rows]
+    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
+    gen = model.generation_config
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_return_sequences": n,
+                              "pad_token_id": gen.pad_token_id}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    else:  # the saved generation config may say do_sample=true with a temperature: greedy ignores both
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(**inputs, **kwargs)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    decoded = processor.batch_decode(new, skip_special_tokens=True)
+    lengths, truncated = _completion_lengths(new, {e for e in eos if e is not None}, gen.pad_token_id)
+    flat = [{"text": t, "length": ln, "truncated": tr} for t, ln, tr in zip(decoded, lengths, truncated)]
+    return [flat[i * n:(i + 1) * n] for i in range(len(rows))]
+
+
+def score(reward_funcs, rows: list[dict], completions: list[list[dict]]) -> None:
+    """Add ``rewards: {name: value}`` to every completion, calling each reward as TRL does."""
+    flat_rows = [r for r, cs in zip(rows, completions) for _ in cs]
+    flat = [c for cs in completions for c in cs]
+    columns = {k: [r[k] for r in flat_rows] for k in flat_rows[0] if k not in ("prompt", "image")}
+    conv = [[{"role": "assistant", "content": c["text"]}] for c in flat]
+    prompts = [r["prompt"] for r in flat_rows]
+    for fn in reward_funcs:
+        values = fn(prompts=prompts, completions=conv, **columns)
+        for c, v in zip(flat, values):
+            c.setdefault("rewards", {})[fn.__name__] = v
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(completions: list[dict], acc: str, fmt: str | None, names: list[str]) -> dict[str, Any]:
+    return {
+        "accuracy": _mean([c["rewards"].get(acc) for c in completions]),
+        "format_rate": _mean([c["rewards"].get(fmt) for c in completions]) if fmt else None,
+        "mean_length": _mean([c["length"] for c in completions]),
+        "truncated_rate": _mean([float(c["truncated"]) for c in completions]),
+        "rewards": {n: _mean([c["rewards"].get(n) for c in completions]) for n in names},
+    }
+
+
+def resolve_target(cfg: DictConfig, limits) -> tuple[str, str, Path | None]:
+    """(model path, processor path, run dir the result belongs to or None)."""
+    from mmr1.models import load_processor, resolve_model_path
+    from mmr1.models.warmstart import maybe_warmstart
+
+    ckpt = cfg.eval.checkpoint
+    if ckpt is None:
+        base = resolve_model_path(cfg.model)
+        processor = load_processor(base, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                                   trust_remote_code=cfg.model.trust_remote_code)
+        start = maybe_warmstart(cfg, base, processor, limits)
+        return start, start, None
+    path = Path(ckpt).expanduser()
+    if path.is_dir() and (path / "final").is_dir():
+        return str(path / "final"), str(path / "final"), path
+    if path.is_dir():
+        has_processor = any((path / f).exists() for f in ("preprocessor_config.json", "processor_config.json"))
+        # Trainer checkpoints hold weights only: the processor is the run's final/ one or the base model's.
+        proc = str(path) if has_processor else (str(path.parent / "final") if (path.parent / "final").is_dir()
+                                                 else resolve_model_path(cfg.model))
+        return str(path), proc, None
+    return str(ckpt), str(ckpt), None  # a hub id
+
+
+def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run the evaluation described by ``cfg.eval``; write and return the eval.json content."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from mmr1.data import build_datasets, resolve_pixel_limits
+    from mmr1.models import load_model, load_processor
+    from mmr1.rewards import build_reward_funcs
+    from mmr1.run_dir import prepare_run_dir
+
+    ev = cfg.eval
+    if ev.num_samples and max(ev.pass_k) > ev.num_samples:
+        raise ValueError(f"eval.pass_k={list(ev.pass_k)} needs eval.num_samples >= {max(ev.pass_k)}")
+    if not ev.greedy and not ev.num_samples:
+        raise ValueError("eval.greedy=false needs eval.num_samples > 0: nothing to evaluate")
+    started = time.time()
+    limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
+    model_path, proc_path, run_dir = resolve_target(cfg, limits)
+    out_path = Path(ev.output) if ev.output else (run_dir or prepare_run_dir(out_dir)) / "eval.json"
+    data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                          seed=cfg.trainer.seed)  # the training seed: the same held-out rows as training
+    split = data.eval if ev.split == "eval" else data.train if ev.split == "train" else None
+    if split is None:
+        raise ValueError(f"eval.split={ev.split!r}: no such split (dataset.eval_size={cfg.dataset.eval_size}; "
+                         "use eval.split=eval with dataset.eval_size > 0, or eval.split=train)")
+    rows = [split[i] for i in range(len(split) if ev.limit is None else min(ev.limit, len(split)))]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
+    processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    model = load_model(model_path, cfg.model).to(device).eval()
+    reward_funcs = build_reward_funcs(cfg.reward, out_path.parent)
+    names = [fn.__name__ for fn in reward_funcs]
+    acc, fmt = reward_roles(names)
+    tr = cfg.trainer
+    max_new = ev.max_new_tokens or tr.max_completion_length
+    sampling = {"temperature": tr.temperature if ev.temperature is None else ev.temperature,
+                "top_p": tr.top_p if ev.top_p is None else ev.top_p,
+                "top_k": tr.top_k if ev.top_k is None else ev.top_k}
+    torch.manual_seed(ev.seed)
+    greedy: list[list[dict]] = []
+    sampled: list[list[dict]] = []
+    bar = tqdm(total=len(rows), desc=f"eval {Path(model_path).name}", unit="prompt", dynamic_ncols=True)
+    for i in range(0, len(rows), ev.batch_size):
+        batch = rows[i:i + ev.batch_size]
+        if ev.greedy:
+            g = generate(model, processor, batch, n=1, do_sample=False, max_new_tokens=max_new)
+            score(reward_funcs, batch, g)
+            greedy += g
+        if ev.num_samples:
+            s = generate(model, processor, batch, n=ev.num_samples, do_sample=True, max_new_tokens=max_new,
+                         **sampling)
+            score(reward_funcs, batch, s)
+            sampled += s
+        bar.update(len(batch))
+        done = [c[0] for c in greedy] if greedy else [c for cs in sampled for c in cs]
+        bar.set_postfix(acc=f"{_mean([c['rewards'].get(acc) for c in done]):.3f}")
+    bar.close()
+
+    result: dict[str, Any] = {"model": model_path, "checkpoint": ev.checkpoint, "dataset": cfg.dataset.name,
+                              "split": ev.split, "rows": len(rows), "accuracy_reward": acc, "format_reward": fmt,
+                              "max_new_tokens": max_new}
+    if greedy:
+        result.update(summarize([c[0] for c in greedy], acc, fmt, names), mode="greedy")
+    if sampled:
+        n = ev.num_samples
+        correct = [sum(1 for c in cs if (c["rewards"].get(acc) or 0) >= 1.0) for cs in sampled]
+        stats = summarize([c for cs in sampled for c in cs], acc, fmt, names)
+        stats.update(n=n, **sampling,
+                     pass_at_k={str(k): sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ev.pass_k})
+        result["sampled"] = stats
+        if not greedy:  # headline numbers from the samples
+            result.update({k: stats[k] for k in ("accuracy", "format_rate", "mean_length", "truncated_rate")},
+                          mode=f"sampled (n={n})")
+    result["wall_time_s"] = round(time.time() - started, 1)
+    result["records"] = [
+        {"index": i, "problem": r.get("problem"), "solution": r.get("solution"), "image_id": r.get("image_id"),
+         **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
+        for i, r in enumerate(rows)]
+    from mmr1.run_dir import write_json
+
+    write_json(out_path, result)
+    from mmr1.rewards import shutdown
+
+    shutdown()
+    log.info("eval: %s", {k: v for k, v in result.items() if k != "records"})
+    print(f"accuracy={result['accuracy']:.3f} format_rate={result.get('format_rate')} "
+          f"mean_length={result['mean_length']:.1f} rows={len(rows)} -> {out_path}")
+    return result
+
+
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    result = evaluate(cfg, cfg.run_dir)
+    return result.get("accuracy")
+
+
+def main() -> None:
+    register_eval_schema()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""One comparison for a sweep: ``report.md``, ``report.csv`` and overlay plots in the sweep directory.
+
+One row per run: its swept overrides, status, steps, final/best accuracy reward, format reward, KL, max
+grad norm, completion length, wall time, whether it collapsed, and its evaluation accuracy. "Final" is
+the mean of the last ``WINDOW`` logged steps and "best" the highest ``WINDOW``-step rolling mean: single
+GRPO steps see 4-16 prompts, so one step's reward is too noisy to rank runs by.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from mmr1.sweep.naming import point_overrides, short_label, swept_keys
+from mmr1.sweep.status import RunRecord, find_runs, read_run, status_cell
+
+WINDOW = 10
+# Collapse heuristic (until a run has the collapse guard's own record, guard_events.jsonl): the seed's
+# description is "a sharp reward drop ... loss, grad_norm and KL spike ... no subsequent recovery".
+DROP = 0.3           # absolute fall of a reward's rolling mean from its best (rewards are in [0, 1])
+SPIKE = 10.0         # KL / grad norm after the best point above this multiple of their median before it
+MIN_STEPS = 2 * WINDOW  # fewer logged steps than this: too short to call either way
+
+COLUMNS = ["run", "overrides", "status", "steps", "acc_final", "acc_best", "format_final", "kl_final",
+           "grad_norm_max", "completion_length", "wall_time_s", "collapsed", "eval_acc", "eval_step"]
+PLOTS = {  # file -> (metrics key or "acc" for the accuracy reward, title)
+    "reward.png": ("acc", "accuracy reward (rolling mean)"),
+    "kl.png": ("kl", "KL to the reference"),
+    "grad_norm.png": ("grad_norm", "grad norm (before clipping)"),
+    "completion_length.png": ("completions/mean_length", "mean completion length (tokens)"),
+}
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
+        return float(v)  # metrics.jsonl keeps non-finite values as strings
+    return None
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = _num(r.get(key))
+        if v is not None:
+            xs.append(int(r.get("step", len(xs) + 1)))
+            ys.append(v)
+    return xs, ys
+
+
+def rolling(ys: list[float], window: int = WINDOW) -> list[float]:
+    """Trailing mean over up to ``window`` values (shorter at the start)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def reward_names(rows: list[dict]) -> tuple[str | None, str | None]:
+    """(accuracy reward, format reward) among the logged ``rewards/<name>/mean`` keys.
+
+    The accuracy reward is the one named like it (``external_r1v_acc``, ``accuracy``...), else the
+    first reward that is not ``format``.
+    """
+    names = []
+    for r in rows:
+        for k in r:
+            if k.startswith("rewards/") and k.endswith("/mean"):
+                name = k[len("rewards/"):-len("/mean")]
+                if name not in names:
+                    names.append(name)
+    fmt = "format" if "format" in names else None
+    others = [n for n in names if n != fmt]
+    acc = next((n for n in others if "acc" in n.lower()), others[0] if others else None)
+    return acc, fmt
+
+
+def _tail_mean(ys: list[float]) -> float | None:
+    tail = ys[-WINDOW:]
+    return sum(tail) / len(tail) if tail else None
+
+
+def collapse_verdict(rec: RunRecord) -> str:
+    """``no``, ``yes (...)``, ``drop only (...)``, or ``-`` when the run is too short to tell."""
+    if rec.guard_events:
+        ev = rec.guard_events[0]
+        why = next((str(ev[k]) for k in ("reason", "trigger", "kind", "message", "label") if ev.get(k)), "trip")
+        return f"yes (guard: {len(rec.guard_events)} trip(s), first at step {ev.get('step', '?')}: {why})"
+    for key in ("loss", "grad_norm"):
+        for x, y in zip(*series(rec.metrics, key)):
+            if not math.isfinite(y):
+                return f"yes (non-finite {key} at step {x})"
+    if len(rec.metrics) < MIN_STEPS:
+        return "-"
+    acc, fmt = reward_names(rec.metrics)
+    for name in (acc, fmt):
+        if name is None:
+            continue
+        _, ys = series(rec.metrics, f"rewards/{name}/mean")
+        if len(ys) < MIN_STEPS:
+            continue
+        smooth = rolling(ys)[WINDOW - 1:]
+        best_i = max(range(len(smooth)), key=smooth.__getitem__)
+        best, last = smooth[best_i], smooth[-1]
+        if best - last < DROP:
+            continue
+        best_step = best_i + WINDOW - 1
+        spikes = []
+        for key in ("kl", "grad_norm"):
+            _, vs = series(rec.metrics, key)
+            before, after = sorted(vs[:best_step + 1]), vs[best_step + 1:]
+            if before and after:
+                med = before[len(before) // 2]
+                if med > 0 and max(after) > SPIKE * med:
+                    spikes.append(f"{key} x{max(after) / med:.0f}")
+        what = f"{name} {best:.2f}->{last:.2f}"
+        return f"yes ({what}, {', '.join(spikes)})" if spikes else f"drop only ({what})"
+    return "no"
+
+
+def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
+    acc, fmt = reward_names(rec.metrics)
+    _, acc_ys = series(rec.metrics, f"rewards/{acc}/mean") if acc else ([], [])
+    _, fmt_ys = series(rec.metrics, f"rewards/{fmt}/mean") if fmt else ([], [])
+    _, grad = series(rec.metrics, "grad_norm")
+    steps = rec.info.get("steps")
+    if steps is None and rec.metrics:
+        steps = rec.metrics[-1].get("step")
+    row: dict[str, Any] = {
+        "run": rec.path.name, "overrides": label, "status": status_cell(rec), "steps": steps,
+        "acc_final": _tail_mean(acc_ys), "acc_best": max(rolling(acc_ys)) if acc_ys else None,
+        "format_final": _tail_mean(fmt_ys), "kl_final": _tail_mean(series(rec.metrics, "kl")[1]),
+        "grad_norm_max": max(grad) if grad else None,
+        "completion_length": _tail_mean(series(rec.metrics, "completions/mean_length")[1]),
+        "wall_time_s": rec.wall_time_s, "collapsed": collapse_verdict(rec), "eval_acc": None, "eval_step": None,
+    }
+    # Evaluation: mmr1.evaluate's eval.json in the run dir wins (greedy, the number the READMEs quote);
+    # else the last in-training evaluation (TRL's, at trainer.eval_steps).
+    if rec.eval_json and rec.eval_json.get("accuracy") is not None:
+        row["eval_acc"], row["eval_step"] = rec.eval_json["accuracy"], "eval.json"
+    elif acc:
+        xs, ys = series(rec.eval_metrics, f"eval_rewards/{acc}/mean")
+        if ys:
+            row["eval_acc"], row["eval_step"] = ys[-1], xs[-1]
+    return row
+
+
+def point_overrides_for(runs: list[RunRecord], sweep_dir: Path) -> list[list[str]]:
+    """Each run's swept overrides: the keys recorded by Hydra's multirun.yaml, else those that differ."""
+    keys = swept_keys(sweep_dir)
+    if keys is None and len(runs) > 1:
+        seen: dict[str, set[str]] = {}
+        for rec in runs:
+            for o in rec.overrides:
+                k, _, v = o.lstrip("+~").partition("=")
+                seen.setdefault(k, set()).add(v)
+        keys = [k for k, vs in seen.items() if len(vs) > 1] or None
+    return [point_overrides(rec.overrides, keys) for rec in runs]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.3g}" if abs(v) >= 100 else f"{v:.3f}"
+    return str(v).replace("|", "\\|")
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)  # parallel sweep jobs may all rewrite the report; readers never see half a file
+
+
+def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
+    head = ["run", "overrides", "status", "steps", f"acc final ({WINDOW})", "acc best", "format", "KL",
+            "max grad norm", "compl. len", "wall s", "collapsed", "eval acc"]
+    keys = COLUMNS[:-2] + ["eval_acc"]
+    lines = [f"# Sweep report: {sweep_dir}", "",
+             f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in _count_status(rows).items()), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [_fmt(r[k]) for k in keys]
+        if r["wall_time_s"] is not None:
+            cells[keys.index("wall_time_s")] = f"{r['wall_time_s']:.0f}"
+        if r["eval_acc"] is not None:
+            cells[-1] = f"{_fmt(r['eval_acc'])} @{r['eval_step']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"acc = mean accuracy reward; final = mean of the last {WINDOW} logged steps, best = highest "
+              f"{WINDOW}-step rolling mean; format, KL and completion length are last-{WINDOW} means. "
+              "collapsed: the collapse guard's trips when it ran, else a reward rolling mean falling "
+              f">= {DROP} below its best together with a KL or grad-norm spike (> {SPIKE:g}x its earlier median); "
+              f"'-' = fewer than {MIN_STEPS} steps. eval acc: mmr1.evaluate's eval.json when present, else the "
+              "last in-training evaluation (@ its step).", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _count_status(rows: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        s = r["status"].split(" ", 1)[0]
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    written = []
+    for fname, (key, title) in PLOTS.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        drawn = 0
+        for i, (rec, label) in enumerate(zip(runs, labels)):
+            color = f"C{i % 10}"
+            k = key
+            if key == "acc":
+                acc, _ = reward_names(rec.metrics)
+                k = f"rewards/{acc}/mean" if acc else ""
+            xs, ys = series(rec.metrics, k)
+            if not xs:
+                continue
+            if key == "acc":
+                ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
+                ys = rolling(ys)
+            ax.plot(xs, ys, color=color, lw=1.4, label=label)
+            for ev in rec.guard_events:
+                if "step" in ev:
+                    ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
+            drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged by any run", ha="center", va="center", transform=ax.transAxes)
+        elif key == "grad_norm" and any(y > 0 for r in runs for y in series(r.metrics, key)[1]):
+            ax.set_yscale("symlog", linthresh=1e-3)  # a spike is orders of magnitude; keep the rest readable
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if drawn:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        _write_atomic(out_dir / fname, buf.getvalue())
+        written.append(fname)
+    return written
+
+
+def write_report(sweep_dir: str | Path, *, plots: bool = True) -> list[dict]:
+    """Write report.md, report.csv (and the overlay PNGs) into ``sweep_dir``; return the rows."""
+    sweep_dir = Path(sweep_dir)
+    runs = [read_run(p) for p in find_runs(sweep_dir)]
+    overrides = point_overrides_for(runs, sweep_dir)
+    rows = [summarize(rec, ",".join(ov)) for rec, ov in zip(runs, overrides)]
+    labels = [short_label(ov) or rec.path.name for rec, ov in zip(runs, overrides)]
+    written = plot_overlays(runs, labels, sweep_dir) if plots and runs else []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    from mmr1.tracking.secrets import redact  # an override or error message may carry a secret
+
+    _write_atomic(sweep_dir / "report.csv", redact(buf.getvalue()))
+    _write_atomic(sweep_dir / "report.md", redact(render_markdown(rows, sweep_dir, written)))
+    return rows
