@@ -1,0 +1,77 @@
+"""`python -m mmr1.train --multirun ...` end to end on the tiny model: point directories, report, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY, run_cli
+from mmr1.sweep.report import WINDOW
+from mmr1.tracking.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def _mean_tail(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))][-WINDOW:]
+    return sum(vals) / len(vals)
+
+
+def test_two_point_sweep_report_matches_each_runs_metrics(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["--multirun", *TINY, "trainer.max_steps=2", "trainer.beta=0,0.001", f"hydra.sweep.dir={sweep}"],
+                   timeout=240)
+    points = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert points == ["0_beta=0", "1_beta=0.001"]
+    assert "[2/2] beta=0.001" in proc.stderr  # the progress bar names the sweep point
+    for png in ("reward.png", "kl.png", "grad_norm.png", "completion_length.png"):
+        assert (sweep / png).exists()
+    rows = {r["run"]: r for r in _csv(sweep / "report.csv")}
+    assert set(rows) == set(points)
+    for point in points:
+        metrics = read_metrics(sweep / point / "metrics.jsonl")
+        info = json.loads((sweep / point / "run_info.json").read_text())
+        row = rows[point]
+        assert row["status"] == "finished" and int(row["steps"]) == info["steps"] == 2
+        assert row["overrides"] == f"trainer.beta={point.split('=')[1]}"
+        assert float(row["acc_final"]) == pytest.approx(_mean_tail(metrics, "rewards/external_r1v_acc/mean"))
+        assert float(row["format_final"]) == pytest.approx(_mean_tail(metrics, "rewards/format/mean"))
+        assert float(row["completion_length"]) == pytest.approx(_mean_tail(metrics, "completions/mean_length"))
+        assert float(row["grad_norm_max"]) == pytest.approx(max(r["grad_norm"] for r in metrics))
+        assert float(row["wall_time_s"]) == pytest.approx(info["wall_time_s"])
+    # KL is only computed with a reference model (beta > 0).
+    assert rows["0_beta=0"]["kl_final"] == ""
+    kl = _mean_tail(read_metrics(sweep / "1_beta=0.001" / "metrics.jsonl"), "kl")
+    assert float(rows["1_beta=0.001"]["kl_final"]) == pytest.approx(kl)
+    md = (sweep / "report.md").read_text()
+    assert "2 runs: 2 finished" in md and "| 1_beta=0.001 | trainer.beta=0.001 | finished | 2 |" in md
+
+
+def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
+    sweep = tmp_path / "sweep"
+    # 3 generations cannot split a batch of 8 completions: that point fails at startup, before any weights.
+    proc = run_cli(["--multirun", *TINY, "trainer.max_steps=1", "trainer.num_generations=3,4",
+                    f"hydra.sweep.dir={sweep}"], timeout=240, check=False)
+    assert proc.returncode != 0  # the sweep says a point failed ...
+    rows = {r["run"]: r for r in _csv(sweep / "report.csv")}
+    assert set(rows) == {"0_num_generations=3", "1_num_generations=4"}
+    failed, ok = rows["0_num_generations=3"], rows["1_num_generations=4"]
+    assert failed["status"].startswith("failed (") and "3" in failed["status"]
+    assert json.loads((sweep / "0_num_generations=3" / "run_info.json").read_text())["status"] == "failed"
+    assert ok["status"] == "finished" and ok["steps"] == "1"  # ... and still ran the others
+
+
+def test_stored_sweep_dry_run_maps_null_clipping(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["+sweep=grad_clip", "dry_run=true", f"hydra.sweep.dir={sweep}"], timeout=240)  # mode: MULTIRUN
+    got = {p.name: json.loads((p / "grpo_args.json").read_text())["max_grad_norm"]
+           for p in sweep.iterdir() if p.is_dir()}
+    assert got == {"0_max_grad_norm=0.5": 0.5, "1_max_grad_norm=1.0": 1.0, "2_max_grad_norm=null": 0.0}
+
+
+def _csv(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

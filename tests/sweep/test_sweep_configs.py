@@ -1,0 +1,35 @@
+"""Every stored sweep composes, and each swept key is a real config key (a typo would sweep nothing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mmr1.train import CONF_DIR
+
+SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "sweep").glob("*.yaml"))
+EXPECTED = {"beta": {"trainer.beta"}, "grad_clip": {"optimizer.max_grad_norm"},
+            "max_pixels": {"model.max_pixels"},
+            "combined": {"trainer.beta", "optimizer.max_grad_norm", "model.max_pixels"}}
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+@pytest.mark.parametrize("experiment", [None, "geoqa"])
+def test_stored_sweep_keys_exist(sweep, experiment):
+    overrides = [f"+sweep={sweep}", "run_dir=/tmp/unused"] + ([f"+experiment={experiment}"] if experiment else [])
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert set(params) == EXPECTED[sweep]
+    for key, values in params.items():
+        assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", key
+        assert "," in str(values)
+    assert f"sweeps/{sweep}/" in cfg.hydra.sweep.dir
+    assert cfg.hydra.callbacks.sweep_report._target_ == "mmr1.sweep.callback.SweepReport"
+
+
+def test_all_expected_sweeps_are_stored():
+    assert set(EXPECTED) <= set(SWEEPS)
