@@ -203,7 +203,7 @@ class DeepSpeedConfig:
     contiguous_gradients: bool = True
     # TRL's ds3_gather_for_generation: gather ZeRO-3 weights for generation (required with vLLM).
     gather_for_generation: bool = True
-    # Merged last into the JSON (e.g. {"zero_optimization": {"sub_group_size": 1e8}}).
+    # Merged last into the JSON; add keys with +, e.g. +deepspeed.extra.zero_optimization.sub_group_size=1e8.
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,141 @@
+"""Every rollout / launcher / deepspeed setting lands where its engine reads it: GRPOConfig keywords,
+`trl vllm-serve` flags (parsed by TRL's own parser), `accelerate launch` flags (parsed by accelerate's)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from launch_helpers import arg, by_role, plan_for
+
+from conftest import compose_cfg
+from mmr1.config.grpo_args import build_grpo_kwargs
+from mmr1.launch import deepspeed_config, server_command
+from mmr1.launch.plan import rank_args
+
+SERVER_8 = ["+experiment=geoqa", "launcher.gpus_per_node=8"]
+
+
+def test_hf_rollout_maps_to_no_vllm():
+    args = build_grpo_kwargs(compose_cfg(), "/r")
+    assert args["use_vllm"] is False and not any(k.startswith("vllm_") and k != "vllm_importance_sampling_correction"
+                                                  for k in args)
+    assert "deepspeed" not in args
+
+
+def test_colocate_rollout_maps_every_setting():
+    cfg = compose_cfg(["rollout=vllm_colocate", "rollout.gpu_memory_utilization=0.45", "rollout.max_model_len=2048",
+                       "rollout.tensor_parallel_size=2", "rollout.enable_sleep_mode=false",
+                       "rollout.model_impl=transformers", "rollout.importance_sampling_correction=true"])
+    args = build_grpo_kwargs(cfg, "/r")
+    assert {k: args[k] for k in args if k.startswith("vllm_") or k == "use_vllm"} == {
+        "use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.45,
+        "vllm_max_model_length": 2048, "vllm_tensor_parallel_size": 2, "vllm_enable_sleep_mode": False,
+        "vllm_model_impl": "transformers", "vllm_importance_sampling_correction": True}
+
+
+def test_server_rollout_maps_client_settings():
+    cfg = compose_cfg([*SERVER_8, "rollout.server_port=8011", "rollout.group_port=51300",
+                       "rollout.server_timeout_s=900"])
+    args = build_grpo_kwargs(cfg, "/r")
+    assert (args["vllm_mode"], args["vllm_server_host"], args["vllm_server_port"], args["vllm_group_port"],
+            args["vllm_server_timeout"]) == ("server", "127.0.0.1", 8011, 51300, 900.0)
+    # Engine settings belong to the server's command line, not to the trainers.
+    assert "vllm_gpu_memory_utilization" not in args and "vllm_tensor_parallel_size" not in args
+
+
+def test_attach_to_a_running_server(tmp_path):
+    overrides = [*SERVER_8, "rollout.server_base_url=http://rollouts:8000"]
+    args = build_grpo_kwargs(compose_cfg(overrides), "/r")
+    assert args["vllm_server_base_url"] == "http://rollouts:8000" and "vllm_server_host" not in args
+    plan, _ = plan_for(tmp_path, overrides)
+    assert not by_role(plan, "rollout_server") and plan["rollout"]["attach"] is True
+    assert plan["trainer_gpus"] == [str(i) for i in range(6)]
+
+
+def test_server_command_parses_with_trls_parser():
+    from trl.scripts.vllm_serve import build_command, make_parser
+
+    cfg = compose_cfg([*SERVER_8, "rollout.max_model_len=4096", "rollout.tensor_parallel_size=2",
+                       "rollout.data_parallel_size=1", "rollout.server_port=8123", "rollout.dtype=float16",
+                       "rollout.enable_prefix_caching=true", "rollout.enforce_eager=true",
+                       "model.trust_remote_code=true", "rollout.model_impl=transformers",
+                       "rollout.server_extra_args=[--max-num-seqs,64]"])
+    cmd = server_command(cfg, "/models/m")
+    script_args, extra = make_parser().parse_args_and_config(cmd[2:], return_remaining_strings=True)
+    assert (script_args.model, script_args.tensor_parallel_size, script_args.data_parallel_size, script_args.port,
+            script_args.gpu_memory_utilization, script_args.max_model_len, script_args.dtype,
+            script_args.enable_prefix_caching, script_args.enforce_eager, script_args.trust_remote_code,
+            script_args.vllm_model_impl, script_args.host) == (
+        "/models/m", 2, 1, 8123, 0.6, 4096, "float16", True, True, True, "transformers", "0.0.0.0")
+    # The image limits reach vLLM's processor (forwarded by trl vllm-serve to vllm serve).
+    assert extra[0] == '--mm-processor-kwargs={"max_pixels": 401408, "min_pixels": 3136}'
+    assert extra[1:] == ["--max-num-seqs", "64"]
+    vllm_cmd = build_command(script_args, extra)
+    assert arg(vllm_cmd, "--gpu-memory-utilization") == "0.6" and "--weight-transfer-config" in vllm_cmd
+
+
+@pytest.mark.parametrize(("overrides", "gpus", "expect"), [
+    (SERVER_8, 8, {"use_deepspeed": True, "num_processes": 6, "mixed_precision": "bf16"}),
+    (["launcher=accelerate", "launcher.nproc_per_node=2"], 0, {"multi_gpu": True, "num_processes": 2,
+                                                               "mixed_precision": "no", "use_deepspeed": False}),
+    (["launcher=accelerate", "launcher.nproc_per_node=1"], 0, {"cpu": True, "num_processes": 1}),
+    (["launcher=accelerate", "launcher.nproc_per_node=4", "deepspeed=zero2", "trainer.bf16=true",
+      "launcher.extra_args=[--rdzv_backend,c10d]"], 4, {"use_deepspeed": True, "rdzv_backend": "c10d"}),
+])
+def test_accelerate_command_parses_with_accelerates_parser(overrides, gpus, expect, tmp_path):
+    from accelerate.commands.launch import launch_command_parser
+
+    plan, layout = plan_for(tmp_path, overrides, gpus=gpus)
+    cmd = by_role(plan, "launcher")[0]["command"]
+    ns = launch_command_parser().parse_args(cmd[3:])
+    assert ns.module and ns.training_script == "mmr1.train"
+    assert (ns.num_machines, ns.machine_rank, ns.main_process_ip, ns.main_process_port) == (
+        layout.nnodes, layout.node_rank, layout.master_addr, layout.master_port)
+    for key, value in expect.items():
+        assert getattr(ns, key) == value, key
+    if ns.use_deepspeed:
+        assert ns.deepspeed_config_file == str(tmp_path.resolve() / "deepspeed.json")
+    assert ns.training_script_args[-2:] == [f"hydra.run.dir={tmp_path.resolve()}", "hydra.output_subdir=null"]
+
+
+def test_rank_args_keep_overrides_and_fix_one_run_dir(tmp_path):
+    args = rank_args(["+experiment=geoqa", "trainer.beta=0.01", "hydra.run.dir=outputs/x", "dry_run=true",
+                      "model.name_or_path='a b'"], tmp_path)
+    assert args == ["+experiment=geoqa", "trainer.beta=0.01", "model.name_or_path='a b'",
+                    f"hydra.run.dir={tmp_path.resolve()}", "hydra.output_subdir=null"]
+
+
+@pytest.mark.parametrize(("group", "stage", "offload"), [("zero2", 2, False), ("zero3", 3, False),
+                                                          ("zero3_offload", 3, True)])
+def test_deepspeed_groups(group, stage, offload, tmp_path):
+    cfg = compose_cfg([f"deepspeed={group}", "trainer.bf16=true"])
+    ds = deepspeed_config(cfg.deepspeed)
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == stage and ds["bf16"] == {"enabled": "auto"}
+    # Everything the Trainer knows is "auto": filled from grpo_args.json, never contradicting it.
+    assert all(ds[k] == "auto" for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                                         "gradient_accumulation_steps", "gradient_clipping"))
+    assert ("offload_optimizer" in zero) is offload and ("offload_param" in zero) is offload
+    assert ("optimizer" in ds) is offload  # DeepSpeed's CPU Adam: it refuses a torch optimizer with offload
+    if stage == 3:
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    args = build_grpo_kwargs(cfg, tmp_path)
+    assert args["deepspeed"] == str(tmp_path / "deepspeed.json")
+    assert args.get("ds3_gather_for_generation", None) == (True if stage == 3 else None)
+    json.dumps(ds)  # JSON-serialisable as written
+
+
+def test_deepspeed_extra_and_bf16_pin():
+    cfg = compose_cfg(["deepspeed=zero3", "deepspeed.bf16=true",
+                       "+deepspeed.extra={zero_optimization: {sub_group_size: 100}}"])
+    ds = deepspeed_config(cfg.deepspeed)
+    assert ds["bf16"]["enabled"] is True and ds["zero_optimization"]["sub_group_size"] == 100
+    assert ds["zero_optimization"]["stage"] == 3  # merged, not replaced
+
+
+def test_ds3_without_gather_clashes_with_vllm(tmp_path):
+    from mmr1.launch import LayoutError
+
+    with pytest.raises(LayoutError, match="gather_for_generation"):
+        plan_for(tmp_path, [*SERVER_8, "deepspeed.gather_for_generation=false"])

@@ -1,0 +1,155 @@
+"""Launch plans computed for machines that are not this one: the seed's 8-GPU node, a 4-GPU node, two
+nodes; the env conventions; the relaunch rule; and the clashes that must fail before anything starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from launch_helpers import arg, by_role, plan_for
+
+from conftest import EXPERIMENTS, compose_cfg, run_cli
+from mmr1.launch import LayoutError
+from mmr1.train import train
+
+SEED_8 = ["launcher.gpus_per_node=8"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_seed_experiments_on_one_8_gpu_node(experiment, tmp_path):
+    plan, _ = plan_for(tmp_path, [f"+experiment={experiment}", *SEED_8])
+    trainers = by_role(plan, "trainer")
+    assert [t["rank"] for t in trainers] == list(range(6))
+    assert [t["gpu"] for t in trainers] == ["0", "1", "2", "3", "4", "5"]
+    assert all(t["env"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5" for t in trainers)
+    assert {t["env"]["WORLD_SIZE"] for t in trainers} == {"6"}
+    (launcher,) = by_role(plan, "launcher")
+    cmd = launcher["command"]
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and arg(cmd, "--num_processes") == "6"
+    assert "--use_deepspeed" in cmd and arg(cmd, "--deepspeed_config_file").endswith("deepspeed.json")
+    assert plan["deepspeed"]["stage"] == 3
+    (server,) = by_role(plan, "rollout_server")
+    scmd = server["command"]
+    assert scmd[0].endswith("trl") and scmd[1] == "vllm-serve"
+    assert arg(scmd, "--data_parallel_size") == "2" and arg(scmd, "--gpu_memory_utilization") == "0.6"
+    assert server["env"] == {"CUDA_VISIBLE_DEVICES": "6,7"} and server["gpus"] == ["6", "7"]
+    assert server["ports"]["http"] == 8000
+    # openr1_mm carries the seed's MASTER_PORT=29600.
+    assert plan["master_port"] == (29600 if experiment == "openr1_mm" else 29500)
+    assert arg(cmd, "--main_process_port") == str(plan["master_port"])
+
+
+def test_one_node_with_4_gpus(tmp_path):
+    # The seed's NPROC_PER_NODE=6 cannot fit; unset, the trainers take the GPUs the server leaves.
+    plan, _ = plan_for(tmp_path, ["+experiment=geoqa", "launcher.gpus_per_node=4", "launcher.nproc_per_node=null"])
+    assert [t["gpu"] for t in by_role(plan, "trainer")] == ["0", "1"]
+    assert by_role(plan, "rollout_server")[0]["gpus"] == ["2", "3"]
+    assert plan["sources"]["nproc_per_node"] == "GPUs not reserved for rollouts"
+    # Colocated rollouts reserve nothing: all 4 GPUs train.
+    plan, _ = plan_for(tmp_path, ["+experiment=geoqa", "rollout=vllm_colocate", "launcher.gpus_per_node=4",
+                                  "launcher.nproc_per_node=null"])
+    assert [t["gpu"] for t in by_role(plan, "trainer")] == ["0", "1", "2", "3"]
+    assert not by_role(plan, "rollout_server")
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_two_nodes(node_rank, tmp_path):
+    overrides = ["+experiment=geoqa", *SEED_8, "launcher.nnodes=2", f"launcher.node_rank={node_rank}",
+                 "launcher.master_addr=10.0.0.1"]
+    plan, _ = plan_for(tmp_path, overrides)
+    trainers = by_role(plan, "trainer")
+    assert [t["rank"] for t in trainers] == [6 * node_rank + i for i in range(6)]
+    assert {t["env"]["WORLD_SIZE"] for t in trainers} == {"12"}
+    cmd = by_role(plan, "launcher")[0]["command"]
+    assert (arg(cmd, "--num_processes"), arg(cmd, "--num_machines"), arg(cmd, "--machine_rank"),
+            arg(cmd, "--main_process_ip")) == ("12", "2", str(node_rank), "10.0.0.1")
+    # The rollout server lives on node 0 only (TRL's client is trainer rank 0).
+    assert len(by_role(plan, "rollout_server")) == (1 if node_rank == 0 else 0)
+
+
+def test_env_conventions_are_defaults_and_config_wins(tmp_path):
+    env = {"NPROC_PER_NODE": "4", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.1.1",
+           "MASTER_PORT": "29999", "CUDA_VISIBLE_DEVICES": "2,3,4,5"}
+    plan, layout = plan_for(tmp_path, ["launcher=accelerate"], env=env)
+    assert (layout.nproc_per_node, layout.nnodes, layout.node_rank, layout.master_addr, layout.master_port) == (
+        4, 2, 1, "10.1.1.1", 29999)
+    assert layout.trainer_gpu_ids == ["2", "3", "4", "5"]
+    assert plan["sources"]["nproc_per_node"] == "env NPROC_PER_NODE"
+    plan, layout = plan_for(tmp_path, ["launcher=accelerate", "launcher.nproc_per_node=2", "launcher.master_port=30001",
+                                       "launcher.gpu_ids='4,5'"], env=env)
+    assert (layout.nproc_per_node, layout.master_port, layout.trainer_gpu_ids) == (2, 30001, ["4", "5"])
+    assert layout.nnodes == 2  # still the env's
+
+
+@pytest.mark.parametrize(("overrides", "env", "gpus", "relaunch"), [
+    ([], {}, 0, False),                              # the tiny default: this process
+    ([], {"NPROC_PER_NODE": "2"}, 0, True),          # launcher=local honours NPROC_PER_NODE>1
+    ([], {}, 8, True),                               # one trainer must not see 8 GPUs
+    (["launcher=accelerate", "launcher.nproc_per_node=1"], {}, 0, True),
+])
+def test_relaunch_rule(overrides, env, gpus, relaunch, tmp_path):
+    plan, layout = plan_for(tmp_path, overrides, env=env, gpus=gpus)
+    assert layout.relaunch is relaunch
+    assert bool(by_role(plan, "launcher")) is relaunch
+
+
+@pytest.mark.parametrize(("overrides", "needles"), [
+    # More processes than GPUs (the seed's 6 + 2 on a 4-GPU node).
+    (["+experiment=geoqa", "launcher.gpus_per_node=4"], ["6 (launcher.nproc_per_node)", "+ 2", "= 8", "> 4"]),
+    (["launcher=accelerate", "launcher.nproc_per_node=10", *SEED_8], ["10 (launcher.nproc_per_node)", "> 8"]),
+    # Server GPUs overlapping the trainers'.
+    (["+experiment=geoqa", *SEED_8, "rollout.server_gpu_ids='5,6'"], ["overlap", "0,1,2,3,4,5", "both use 5"]),
+    # Generation batch not made of whole prompt groups across the ranks.
+    (["+experiment=geoqa", *SEED_8, "trainer.num_generations=7"], ["x 6 processes", "= 96", "num_generations 7"]),
+    (["+experiment=geoqa", *SEED_8, "rollout.data_parallel_size=4"], ["server_gpus=2", "data_parallel_size 4"]),
+    (["+experiment=geoqa", *SEED_8, "rollout=vllm_colocate", "launcher.nproc_per_node=6",
+      "rollout.tensor_parallel_size=4"], ["tensor_parallel_size=4", "6 trainer processes"]),
+    (["+experiment=geoqa", *SEED_8, "launcher.nnodes=2"], ["loopback", "127.0.0.1"]),
+    (["+experiment=geoqa", *SEED_8, "rollout.server_port=29500"], ["ports clash", "rollout.server_port=29500"]),
+])
+def test_clashes_fail_naming_the_numbers(overrides, needles, tmp_path):
+    with pytest.raises(LayoutError) as err:
+        plan_for(tmp_path, overrides)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_dry_run_cli_writes_the_seed_plan(tmp_path):
+    run_dir = tmp_path / "d"
+    run_cli(["+experiment=geoqa", "dry_run=true", "launcher.gpus_per_node=8", f"hydra.run.dir={run_dir}"],
+            env={"CUDA_VISIBLE_DEVICES": "", "NPROC_PER_NODE": ""})
+    plan = json.loads((run_dir / "launch.json").read_text())
+    assert len(by_role(plan, "trainer")) == 6 and plan["deepspeed"]["stage"] == 3
+    (server,) = by_role(plan, "rollout_server")
+    assert server["gpus"] == ["6", "7"] and arg(server["command"], "--gpu_memory_utilization") == "0.6"
+    assert arg(server["command"], "--data_parallel_size") == "2"
+    # The plan shows the real run's rank command lines: same overrides, no dry_run, one run directory.
+    rank_cmd = by_role(plan, "trainer")[0]["command"]
+    assert "+experiment=geoqa" in rank_cmd and not any(a.startswith("dry_run") for a in rank_cmd)
+    assert f"hydra.run.dir={run_dir.resolve()}" in rank_cmd
+    args = json.loads((run_dir / "grpo_args.json").read_text())
+    assert args["use_vllm"] is True and args["vllm_mode"] == "server"
+    assert json.loads((run_dir / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3
+
+
+def test_dry_run_colocate_grpo_args(tmp_path):
+    cfg = compose_cfg(["+experiment=geoqa", "rollout=vllm_colocate", "dry_run=true", *SEED_8], run_dir=tmp_path)
+    train(cfg)
+    args = json.loads((tmp_path / "grpo_args.json").read_text())
+    assert args["vllm_mode"] == "colocate" and args["vllm_gpu_memory_utilization"] == 0.6
+    plan = json.loads((tmp_path / "launch.json").read_text())
+    assert len(by_role(plan, "trainer")) == 6 and not by_role(plan, "rollout_server")
+
+
+def test_dry_run_cli_fails_on_a_clash(tmp_path):
+    proc = run_cli(["+experiment=geoqa", "dry_run=true", "launcher.gpus_per_node=4", f"hydra.run.dir={tmp_path}"],
+                   check=False, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode != 0
+    assert "= 8 > 4 (launcher.gpus_per_node) GPUs per node" in proc.stderr
+
+
+def test_no_gpus_and_none_stated_plans_with_a_warning(tmp_path):
+    # On a CPU machine the seed experiments still dry-run; the plan says it checked no GPU layout.
+    plan, _ = plan_for(tmp_path, ["+experiment=geoqa"])
+    assert plan["gpus_checked"] is False and "launcher.gpus_per_node" in plan["warnings"][0]
+    assert len(by_role(plan, "trainer")) == 6
