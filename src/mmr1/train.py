@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmr1.config import register_configs
 from mmr1.config.grpo_args import build_grpo_kwargs
 from mmr1.run_dir import prepare_run_dir, write_config, write_json
+from mmr1.tracking.secrets import protect_run_dir
 
 log = logging.getLogger("mmr1.train")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -34,6 +35,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Rank 0 alone checks and writes the run directory (the launching process created it for all ranks).
     main_rank = is_main_process()
     run_dir = prepare_run_dir(cfg.run_dir) if main_rank else Path(cfg.run_dir)
+    # Scrub .hydra/, refuse secret-looking overrides, redact log output (mmr1.tracking.secrets).
+    protect_run_dir(run_dir, scrub=main_rank)
     # Everything that can fail on config alone fails here, before weights, data or GPUs.
     reward_funcs = build_reward_funcs(cfg.reward, run_dir)
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
@@ -47,6 +50,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_launch_plan(cfg, run_dir)  # launch.json; a layout that cannot work fails here
         _print_summary(cfg, grpo_kwargs, limits, run_dir)
         return {}
+    from mmr1.reliability import resolve_resume, run_training
+
+    # Before any weights load: a run directory whose checkpoints are all broken fails here.
+    resume = resolve_resume(cfg.resume, run_dir)
 
     from trl import GRPOConfig, GRPOTrainer
 
@@ -91,31 +98,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     install_progress(trainer)  # one bar with step, reward, ETA instead of a log dict per step
     if trainer.is_world_process_zero():
         setup_wandb(cfg, run_dir)  # offline without a key; grouped by sweep, named by overrides
-    resume = _resume_checkpoint(cfg, run_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    # trainer.train inside resume, atomic checkpoints, the collapse guard and Ctrl-C (mmr1.reliability).
+    outcome = run_training(trainer, cfg, run_dir, resume, metrics_cb)
     # Every rank: under ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes on rank 0.
     trainer.save_model(str(run_dir / "final"))
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(run_dir / "final"))
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", events=outcome.events)
     rows = read_metrics(run_dir / "metrics.jsonl")
     final = rows[-1] if rows else {}
     if trainer.is_world_process_zero():
         write_json(run_dir / "run_info.json", {
-            "status": "finished", "steps": trainer.state.global_step, "wall_time_s": round(time.time() - started, 1),
+            "status": outcome.status, "steps": trainer.state.global_step,
+            "wall_time_s": round(time.time() - started, 1),
             "world_size": trainer.args.world_size, "model_path": model_path,
         })
     return final
-
-
-def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume != "auto":
-        return cfg.resume
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(run_dir))
 
 
 def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) -> None:

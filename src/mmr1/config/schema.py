@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from mmr1.data.config import DatasetConfig
+from mmr1.reliability.config import GuardConfig
 from mmr1.rewards.config import RewardConfig
 
 
@@ -218,6 +219,8 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    # Collapse guard and Ctrl-C behaviour (mmr1.reliability; why of each value in conf/guard/default.yaml).
+    guard: GuardConfig = field(default_factory=GuardConfig)
     run_dir: str = "${hydra:runtime.output_dir}"
     # Compose, build what needs no weights, write config.yaml + grpo_args.json, and exit.
     dry_run: bool = False

@@ -52,10 +52,14 @@ class MetricsJsonlCallback(TrainerCallback):
         if state.is_world_process_zero:
             self.truncate_after(state.global_step)
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, archive: Path | None = None) -> None:
+        """Drop rows after ``step``; a guard rollback keeps them, as evidence, in ``archive``."""
         for path in (self.path, self.eval_path):
             rows = read_metrics(path)
             kept = [r for r in rows if r.get("step", 0) <= step]
+            if archive is not None and path == self.path and len(kept) != len(rows):
+                with open(archive, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows if r.get("step", 0) > step)
             if len(kept) != len(rows) or (path.exists() and not path.read_text().endswith("\n")):
                 path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
