@@ -81,6 +81,17 @@ def test_env_conventions_are_defaults_and_config_wins(tmp_path):
     assert layout.nnodes == 2  # still the env's
 
 
+def test_a_submitit_slurm_job_supplies_the_nodes(tmp_path, monkeypatch):
+    # submitit's JobEnvironment reads the process environment itself.
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2",
+                       "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[01-02]"}.items():
+        monkeypatch.setenv(key, value)
+    plan, layout = plan_for(tmp_path, ["+experiment=geoqa", *SEED_8], env={"SUBMITIT_EXECUTOR": "slurm"})
+    assert (layout.nnodes, layout.node_rank, layout.master_addr) == (2, 1, "gpu01")
+    assert plan["sources"]["master_addr"] == "SLURM job"
+    assert (tmp_path / "launch.node1.json").exists() and not by_role(plan, "rollout_server")
+
+
 @pytest.mark.parametrize(("overrides", "env", "gpus", "relaunch"), [
     ([], {}, 0, False),                              # the tiny default: this process
     ([], {"NPROC_PER_NODE": "2"}, 0, True),          # launcher=local honours NPROC_PER_NODE>1

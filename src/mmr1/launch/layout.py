@@ -120,8 +120,11 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
     """The layout of this node's processes. ``gpus`` replaces detection (tests); ``job_num`` offsets the
     default master port so concurrent sweep jobs on one machine do not collide."""
     env = dict(os.environ if env is None else env)
+    from_slurm: set[str] = set()
     if env.get("SUBMITIT_EXECUTOR") == "slurm":
-        env = {**_submitit_env(), **env}
+        # A SLURM job from the submitit launcher: the job's nodes are the defaults (explicit env wins).
+        slurm = {k: v for k, v in _submitit_env().items() if _env_value(env, k) is None}
+        env, from_slurm = {**env, **slurm}, set(slurm)
     lc, r = cfg.launcher, cfg.rollout
     if lc.name not in ("local", "accelerate"):
         raise LayoutError(f"launcher.name must be local or accelerate, got {lc.name!r}")
@@ -129,6 +132,9 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
     nnodes = _pick("nnodes", lc.nnodes, env, "NNODES", 1, int, src)
     node_rank = _pick("node_rank", lc.node_rank, env, "NODE_RANK", 0, int, src)
     master_addr = _pick("master_addr", lc.master_addr, env, "MASTER_ADDR", "127.0.0.1", str, src)
+    for key, name in (("nnodes", "NNODES"), ("node_rank", "NODE_RANK"), ("master_addr", "MASTER_ADDR")):
+        if name in from_slurm and src[key] == f"env {name}":
+            src[key] = "SLURM job"
     port_default = DEFAULT_MASTER_PORT + (job_num or 0)
     master_port = _pick("master_port", lc.master_port, env, "MASTER_PORT", port_default, int, src)
     if pick_free_port and src["master_port"] == "default" and nnodes == 1 and not port_is_free(master_port):

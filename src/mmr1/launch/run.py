@@ -58,8 +58,13 @@ def write_launch_plan(cfg: DictConfig, run_dir: str | Path, *, overrides: list[s
     if layout is None:
         layout = resolve_layout(cfg, env, gpus=gpus, job_num=job_num, pick_free_port=pick_free_port)
     plan = build_plan(cfg, layout, run_dir, overrides, model_path=model_path)
-    write_json(Path(run_dir) / PLAN_FILE, plan)
+    write_json(Path(run_dir) / plan_file(layout.node_rank), plan)
     return plan, layout
+
+
+def plan_file(node_rank: int) -> str:
+    # Every node of a multi-node job runs its own plan into the shared run directory: one file each.
+    return PLAN_FILE if node_rank == 0 else f"launch.node{node_rank}.json"
 
 
 def _check_can_run(cfg: DictConfig, plan: dict) -> None:
