@@ -69,6 +69,8 @@ class _RestartCallback(TrainerCallback):
                     group["initial_lr"] *= self.lr_scale
             if hasattr(lr_scheduler, "base_lrs"):  # saved with later checkpoints: a resume keeps the lower lr
                 lr_scheduler.base_lrs = [lr * self.lr_scale for lr in lr_scheduler.base_lrs]
+            if getattr(lr_scheduler, "_last_lr", None):  # what Trainer logs as learning_rate until the next step
+                lr_scheduler._last_lr = [lr * self.lr_scale for lr in lr_scheduler._last_lr]
             self.lr_scale = 1.0
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -27,7 +27,12 @@ _ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z_][\w.\-/+~]*)=(?P<val>[^,\s]*)")
 
 
 class SecretError(ValueError):
-    """A secret would be written where it must not be (a command-line override, training args)."""
+    """A secret would be written where it must not be (training args, hence every checkpoint)."""
+
+
+class SecretOverrideError(SystemExit):
+    """A secret on the command line. A SystemExit, not an Exception: Hydra reports a failed job with
+    "Error executing job with overrides: [...]", which would print the secret once more."""
 
 
 def is_secret_key(key: str) -> bool:
@@ -119,8 +124,8 @@ def protect_run_dir(run_dir: str | Path, *, scrub: bool = True) -> None:
         overrides = []
     bad = secret_overrides(overrides)
     if bad:
-        raise SecretError(
-            f"refusing secret-looking command-line override(s) {bad}: Hydra records overrides verbatim "
+        raise SecretOverrideError(
+            f"mmr1: refusing secret-looking command-line override(s) {bad}: Hydra records overrides verbatim "
             f"(.hydra/ in the run directory, now scrubbed). Pass secrets as environment variables "
             f"({', '.join(SECRET_ENV_VARS)}); their clients read them from there.")
 
