@@ -133,6 +133,8 @@ def read_run(run_dir: str | Path, now: float | None = None) -> RunRecord:
     rec.guard_events = read_metrics(run_dir / GUARD_EVENTS)
     rec.eval_json = _read_json(run_dir / "eval.json")
     rec.wall_time_s = info.get("wall_time_s")
+    if rec.status == "running" and _is_dry_run(run_dir):
+        rec.status = "dry run"  # config and GRPO arguments only: it never writes an end record
     if rec.status == "running":
         touched = [p.stat().st_mtime for f in _PROGRESS_FILES if (p := run_dir / f).exists()]
         rec.idle_s = now - max(touched) if touched else None
@@ -142,6 +144,14 @@ def read_run(run_dir: str | Path, now: float | None = None) -> RunRecord:
         if rec.idle_s is not None and rec.idle_s > STALE_AFTER_S:
             rec.status = "stale"
     return rec
+
+
+def _is_dry_run(run_dir: Path) -> bool:
+    path = run_dir / "config.yaml"
+    try:
+        return any(line.strip() == "dry_run: true" for line in path.read_text().splitlines())
+    except OSError:
+        return False
 
 
 def status_cell(rec: RunRecord) -> str:
