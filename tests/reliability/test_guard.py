@@ -53,6 +53,15 @@ def test_drop_with_spike_trips_on_the_patience_th_step_with_its_numbers():
     assert trip.numbers["rewards/format/mean/drop"] > 0.5 and trip.numbers["grad_norm/ratio"] > 5
 
 
+def test_a_dead_policy_trips_too_reward_and_gradient_gone():
+    """The tiny model's real collapse at lr 1e-3: every completion the same truncated string, rewards
+    0, grad norm 0 (masked truncated completions): no spike, the gradient vanishes."""
+    rng = random.Random(4)
+    dead = [{**collapsed(s), "grad_norm": 0.0, "loss": 0.0} for s in range(11, 14)]
+    trips = feed(CollapseDetector(CFG), [healthy(s, rng) for s in range(1, 11)] + dead)
+    assert [(t.step, t.streak_start) for t in trips] == [(13, 11)] and trips[0].numbers["grad_norm/ratio"] == 0
+
+
 def test_drop_alone_spike_alone_or_a_broken_streak_do_not_trip():
     rng = random.Random(2)
     rows = [healthy(s, rng) for s in range(1, 11)]
@@ -115,3 +124,17 @@ def test_injected_collapse_rolls_back_then_gives_up_on_the_last_good_weights(tmp
     assert_same_weights(run / "final" / "model.safetensors", run / "checkpoint-4" / "model.safetensors")
     assert json.loads((run / "run_info.json").read_text())["status"] == "guard_gave_up"
     assert (run / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_guard_action_stop_ends_the_run_naming_the_trip_and_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    overrides = with_overrides(
+        "reward.funcs=[collapse_reward]", "trainer.scale_rewards=none", "trainer.max_steps=8",
+        "guard.min_history=2", "guard.window=4", "guard.patience=2", "guard.action=stop")
+    proc = cli(overrides, run, env={"MMR1_TEST_COLLAPSE_AT": "4"}, check=False)
+    assert proc.returncode != 0
+    assert "guard trip at step 6 (collapse, streak from step 5)" in proc.stderr
+    assert f"Last good checkpoint: {run / 'checkpoint-4'}" in proc.stderr
+    assert [e["event"] for e in read_events(run)] == ["trip"] and not (run / "final").exists()
+    assert rows_by_step(run)[6]["guard/trip"] == 1 and (run / "curves.png").exists()

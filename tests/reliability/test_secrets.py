@@ -86,3 +86,23 @@ def test_planted_secrets_appear_nowhere_in_the_run_directory(tmp_path):
     assert (run / "checkpoint-2" / "training_args.bin").exists() and list((run / "wandb").glob("offline-run-*"))
     assert REDACTED in (run / "config.yaml").read_text()
     assert leaks(run, [*ENV_SECRETS.values(), CONFIG_SECRET]) == []
+
+
+def test_log_records_are_redacted(monkeypatch):
+    import io
+    import logging
+
+    from mmr1.tracking.secrets import install_log_redaction
+
+    monkeypatch.setenv("HF_TOKEN", ENV_SECRETS["HF_TOKEN"])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        install_log_redaction()
+        logging.getLogger("some.library").warning("url https://u:%s@hub, %s", ENV_SECRETS["HF_TOKEN"], "api_key=xyz")
+    finally:
+        root.removeHandler(handler)
+    assert ENV_SECRETS["HF_TOKEN"] not in stream.getvalue() and "xyz" not in stream.getvalue()
+    assert REDACTED in stream.getvalue()

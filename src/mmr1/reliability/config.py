@@ -22,7 +22,7 @@ class GuardConfig:
     action: GuardAction = GuardAction.rollback
     # fnmatch patterns of the reward means watched for a drop (TRL logs rewards/<name>/mean).
     reward_keys: list[str] = field(default_factory=lambda: ["rewards/*/mean"])
-    reward_drop: float = 0.5
+    reward_drop: float = 0.3
     spike_keys: list[str] = field(default_factory=lambda: ["kl", "grad_norm"])
     spike_factor: float = 5.0
     patience: int = 3

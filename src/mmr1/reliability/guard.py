@@ -4,8 +4,9 @@ The seed's math runs "might become unstable ... causing the model to collapse ..
 recovery": the reward falls while loss, grad norm and KL spike. Per logged step the detector compares
 each watched reward mean with its running mean over the last ``window`` healthy steps, and KL / grad
 norm with theirs. A collapse is a reward drop beyond ``reward_drop`` *together with* a KL or grad-norm
-spike beyond ``spike_factor`` x, for ``patience`` consecutive logged steps: either alone is ordinary
-GRPO noise (a hard batch, an easy batch). A non-finite loss or grad norm trips at once (HF's
+off its scale by ``spike_factor`` x (a spike, or a fall to ~0: a dead policy has no gradient), for
+``patience`` consecutive logged steps: either alone is ordinary GRPO noise (a hard batch, an easy
+batch). A non-finite loss or grad norm trips at once (HF's
 ``logging_nan_inf_filter`` is off, so a NaN reaches us rather than a running average).
 
 ``CollapseDetector`` is pure (rows in, trips out) so it can replay any ``metrics.jsonl``:
@@ -101,7 +102,9 @@ class CollapseDetector:
             if ref is None:
                 continue
             ratio = v / ref if ref > 0 else (math.inf if v > 0 else 1.0)
-            if ratio > self.cfg.spike_factor:
+            # Either way off its scale: the seed's collapse spikes; a dead policy (every completion the
+            # same truncated string, measured on the tiny model at lr 1e-3) has a gradient of ~0.
+            if ratio > self.cfg.spike_factor or ratio < 1 / self.cfg.spike_factor:
                 spiked = True
                 numbers.update({k: v, f"{k}/running_mean": ref, f"{k}/ratio": ratio})
         values = {**rewards, **spikes}
