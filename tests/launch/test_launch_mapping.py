@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from launch_helpers import arg, by_role, plan_for
+from launch_helpers import arg, by_role, compose_cfg, plan_for
 
-from conftest import compose_cfg
 from mmr1.config.grpo_args import build_grpo_kwargs
 from mmr1.launch import deepspeed_config, server_command
 from mmr1.launch.plan import rank_args

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from launch_helpers import arg, by_role, plan_for
+from launch_helpers import EXPERIMENTS, arg, by_role, compose_cfg, plan_for, run_cli
 
-from conftest import EXPERIMENTS, compose_cfg, run_cli
 from mmr1.launch import LayoutError
 from mmr1.train import train
 

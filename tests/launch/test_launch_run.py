@@ -8,11 +8,10 @@ import sys
 import textwrap
 
 import pytest
-from launch_helpers import free_port, processes_mentioning
+from launch_helpers import compose_cfg, free_port, processes_mentioning
 
 import mmr1.launch.plan as plan_mod
 import mmr1.launch.run as run_mod
-from conftest import compose_cfg
 from mmr1.launch import LaunchError, LayoutError, launch
 
 FAKE_SERVER = textwrap.dedent("""

@@ -11,9 +11,8 @@ import sys
 import time
 
 import pytest
-from launch_helpers import by_role, free_port, processes_mentioning
+from launch_helpers import REPO, TINY, by_role, free_port, processes_mentioning, run_cli
 
-from conftest import REPO, TINY, run_cli
 from mmr1.tracking.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
