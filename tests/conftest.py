@@ -1,50 +1,10 @@
-"""Shared fixtures: compose the real config (conf/) the way `python -m mmr1.train` does, shrunk for CPU."""
+"""Fixtures shared by every test directory; the helpers themselves live in tests/testkit.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from mmr1.train import CONF_DIR
-
-REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["clevr_count", "geoqa", "openr1_mm"]
-
-# The smallest GRPO run that still exercises every part: 2 prompts x 4 generations, short completions,
-# no warm-start (its own tests cover it), a handful of synthetic rows.
-TINY = [
-    "model.warmstart.enabled=false",
-    "dataset.num_samples=16",
-    "trainer.per_device_train_batch_size=8",
-    "trainer.num_generations=4",
-    "trainer.max_completion_length=8",
-    "trainer.save_steps=1000",
-]
-
-
-def compose_cfg(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None = None) -> DictConfig:
-    """The composed training config, as the CLI would build it from the same overrides."""
-    extra = [f"run_dir={run_dir}"] if run_dir is not None else ["run_dir=/tmp/mmr1-unused"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[*overrides, *extra])
-
-
-def run_cli(args: list[str], *, module: str = "mmr1.train", env: dict | None = None, timeout: int = 600,
-            check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` from the repo root, as a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n"
-                             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
-    return proc
+from testkit import EXPERIMENTS, REPO, TINY, compose_cfg, run_cli  # noqa: F401  (re-exported for old imports)
 
 
 @pytest.fixture

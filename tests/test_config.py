@@ -8,7 +8,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EXPERIMENTS, compose_cfg, run_cli
+from testkit import EXPERIMENTS, compose_cfg, run_cli
 from mmr1.config.grpo_args import build_grpo_kwargs
 from mmr1.train import train
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, compose_cfg, run_cli
+from testkit import REPO, compose_cfg, run_cli
 from mmr1.tracking.metrics import read_metrics
 from mmr1.train import train
 

@@ -134,14 +134,15 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) ->
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from mmr1.launch import launch
+    from mmr1.launch import is_main_process, launch
 
     try:
         final = launch(cfg, train)  # here, or through `accelerate launch` (+ a vLLM server): mmr1.launch
     except Exception as err:
         from mmr1.sweep.status import record_failure
 
-        record_failure(cfg.run_dir, err)  # run_info.json: failed + the error's first line, for the sweep report
+        if is_main_process():  # the launching process or global rank 0, not every rank
+            record_failure(cfg.run_dir, err)  # run_info.json: failed + the error's first line, for the sweep report
         raise
     print(f"Run directory: {Path(cfg.run_dir).resolve()}")
     reward = final.get("reward")

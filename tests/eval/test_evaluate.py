@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_cli
+from testkit import run_cli
 from mmr1.evaluate import _completion_lengths, pass_at_k, reward_roles
 
 

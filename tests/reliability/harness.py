@@ -19,7 +19,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, run_cli
+from testkit import REPO, TINY, run_cli
 from mmr1.tracking.metrics import read_metrics
 
 PLUGINS = Path(__file__).with_name("plugins.py")

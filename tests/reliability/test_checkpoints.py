@@ -8,7 +8,7 @@ from collections import namedtuple
 
 import pytest
 
-from conftest import TINY, compose_cfg
+from testkit import TINY, compose_cfg
 from mmr1.reliability.checkpoints import CheckpointError, checkpoint_dirs, rotate, select_checkpoint, write_marker
 from mmr1.reliability.resume import resolve_resume
 from mmr1.run_dir import RunDirError

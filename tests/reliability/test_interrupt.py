@@ -13,7 +13,7 @@ import sys
 import pytest
 from harness import ENV, RECIPE, rows_by_step, start, wait_for
 
-from conftest import REPO
+from testkit import REPO
 from mmr1.reliability.checkpoints import MARKER
 
 

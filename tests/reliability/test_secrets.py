@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from harness import cli, with_overrides
 
-from conftest import run_cli
+from testkit import run_cli
 from mmr1.tracking.secrets import (
     REDACTED,
     SecretError,

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from conftest import compose_cfg
+from testkit import compose_cfg
 from mmr1.tracking import wandb_run
 from mmr1.tracking.progress import reward_postfix
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY, run_cli
+from testkit import TINY, run_cli
 from mmr1.sweep.report import WINDOW
 from mmr1.tracking.metrics import read_metrics
 

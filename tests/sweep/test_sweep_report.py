@@ -131,15 +131,16 @@ def test_collapse_verdicts(tmp_path):
         "collapsed": make_run(tmp_path, "collapsed", [], metric_rows(collapsed, grad_norm=grad)),
         "drop": make_run(tmp_path, "drop", [], metric_rows(collapsed)),
         "nan": make_run(tmp_path, "nan", [], metric_rows([0.5] * 3, loss=[0.1, "nan", 0.1])),
-        "guard": make_run(tmp_path, "guard", [], metric_rows(healthy),
-                          guard_events__jsonl=[{"step": 7, "reason": "grad_norm spike", "action": "rollback"}]),
+        "guard": make_run(tmp_path, "guard", [], metric_rows(healthy), guard_events__jsonl=[
+            {"event": "trip", "step": 7, "reason": "grad_norm spike", "action": "rollback"},
+            {"event": "rollback", "to_step": 5}]),
     }
     verdict = {name: collapse_verdict(read_run(path)) for name, path in runs.items()}
     assert verdict["short"] == "-" and verdict["healthy"] == "no"
     assert verdict["collapsed"].startswith("yes (external_r1v_acc 0.90->0.10, grad_norm x100")
     assert verdict["drop"].startswith("drop only")
     assert verdict["nan"] == "yes (non-finite loss at step 2)"
-    assert verdict["guard"] == "yes (guard: 1 trip(s), first at step 7: grad_norm spike)"
+    assert verdict["guard"] == "yes (guard: 1 trip(s), first at step 7: grad_norm spike -> rollback)"
 
 
 def test_report_cli_single_run_and_missing_dir(tmp_path):
