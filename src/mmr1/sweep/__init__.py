@@ -6,8 +6,5 @@
 (``report.write_report``; also ``python -m mmr1.report <sweep_dir>``).
 """
 
-from mmr1.sweep.naming import register_resolver
-from mmr1.sweep.report import write_report
-from mmr1.sweep.status import RunRecord, find_runs, read_run, record_failure
-
-__all__ = ["RunRecord", "find_runs", "read_run", "record_failure", "register_resolver", "write_report"]
+# Nothing heavy is imported here: Hydra imports this package (conf/train.yaml's callback) before any job
+# runs, and torch imported that early would ignore the job's hydra.job.env_set (OMP_NUM_THREADS).

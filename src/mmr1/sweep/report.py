@@ -90,12 +90,19 @@ def _tail_mean(ys: list[float]) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
+def guard_trips(rec: RunRecord) -> list[dict]:
+    """The collapse guard's trips (guard_events.jsonl also records its rollbacks and give-ups)."""
+    return [e for e in rec.guard_events if e.get("event", "trip") == "trip"]
+
+
 def collapse_verdict(rec: RunRecord) -> str:
     """``no``, ``yes (...)``, ``drop only (...)``, or ``-`` when the run is too short to tell."""
-    if rec.guard_events:
-        ev = rec.guard_events[0]
+    trips = guard_trips(rec)
+    if trips:
+        ev = trips[0]
         why = next((str(ev[k]) for k in ("reason", "trigger", "kind", "message", "label") if ev.get(k)), "trip")
-        return f"yes (guard: {len(rec.guard_events)} trip(s), first at step {ev.get('step', '?')}: {why})"
+        action = f" -> {ev['action']}" if ev.get("action") else ""
+        return f"yes (guard: {len(trips)} trip(s), first at step {ev.get('step', '?')}: {why}{action})"
     for key in ("loss", "grad_norm"):
         for x, y in zip(*series(rec.metrics, key)):
             if not math.isfinite(y):
@@ -239,7 +246,7 @@ def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> li
                 ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
                 ys = rolling(ys)
             ax.plot(xs, ys, color=color, lw=1.4, label=label)
-            for ev in rec.guard_events:
+            for ev in guard_trips(rec):
                 if "step" in ev:
                     ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
             drawn += 1
