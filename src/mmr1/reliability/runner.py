@@ -127,6 +127,10 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
                                 f"Evidence: {run_dir / 'guard_events.jsonl'}, metrics.jsonl, curves.png.")
             to_step = _step_of(str(target))
             if rollbacks >= gcfg.max_rollbacks:
+                if trainer.is_deepspeed_enabled:  # sharded weights cannot be swapped in place here
+                    _finish_curves(run_dir)
+                    raise GuardStop(f"{trip.describe()}. Gave up after {rollbacks} rollback(s); the last good "
+                                    f"weights are in {target}.")
                 trainer._load_from_checkpoint(str(target))  # end on the weights from before the trip
                 _event(trainer, run_dir, "gave_up", trip, target, to_step, rollbacks, gcfg)
                 log.error("%s; gave up after %d rollback(s): final weights are %s's", trip.describe(),
