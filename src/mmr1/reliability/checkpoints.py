@@ -195,6 +195,7 @@ def rotate(run_dir: str | Path, limit: int | None, *, keep_before: int | None = 
     for s, p in dirs:
         if p in keep or (p not in {q for _, q in complete} and s > newest):
             continue  # a folder newer than every complete one may still be being written by another rank
+        (p / MARKER).unlink(missing_ok=True)  # marker first: a deletion cut short leaves an "unfinished" folder
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
