@@ -19,8 +19,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from testkit import REPO, TINY, run_cli
 from mmr1.tracking.metrics import read_metrics
+from testkit import REPO, TINY, run_cli
 
 PLUGINS = Path(__file__).with_name("plugins.py")
 RECIPE = [o for o in TINY if not o.startswith(("trainer.save_steps=", "dataset.num_samples="))] + [

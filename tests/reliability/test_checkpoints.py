@@ -8,11 +8,11 @@ from collections import namedtuple
 
 import pytest
 
-from testkit import TINY, compose_cfg
 from mmr1.reliability.checkpoints import CheckpointError, checkpoint_dirs, rotate, select_checkpoint, write_marker
 from mmr1.reliability.resume import resolve_resume
 from mmr1.run_dir import RunDirError
 from mmr1.train import train
+from testkit import TINY, compose_cfg
 
 
 def fake_checkpoint(run_dir, step: int, *, complete: bool = True):

@@ -10,10 +10,10 @@ import pytest
 from harness import assert_same_weights, cli, rows_by_step, with_overrides
 from omegaconf import OmegaConf
 
-from testkit import REPO
 from mmr1.reliability.config import GuardConfig, GuardConfigError, as_guard_config
 from mmr1.reliability.guard import CollapseDetector, main, read_events
 from mmr1.tracking.metrics import read_metrics
+from testkit import REPO
 
 # Small windows so that a handful of rows arms the detector.
 CFG = replace(GuardConfig(), min_history=3, window=5, patience=3)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 from harness import cli, with_overrides
 
-from testkit import run_cli
 from mmr1.tracking.secrets import (
     REDACTED,
     SecretError,
@@ -17,6 +16,7 @@ from mmr1.tracking.secrets import (
     redact,
     secret_overrides,
 )
+from testkit import run_cli
 
 ENV_SECRETS = {"WANDB_API_KEY": "wandbPLANTED0123456789abcdef0123456789abcd", "HF_TOKEN": "hf_PLANTEDhftoken42",
                "MODELSCOPE_API_TOKEN": "msPLANTEDmodelscope77"}
