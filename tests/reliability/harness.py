@@ -1,6 +1,6 @@
 """Helpers for the reliability tests: one tiny run recipe with real gradients, CLI runs, comparisons.
 
-The recipe: TINY (conftest) with 4 synthetic rows (2 prompts per step: 2 steps per epoch, so a
+The recipe: TINY (testkit) with 4 synthetic rows (2 prompts per step: 2 steps per epoch, so a
 4-step run crosses an epoch boundary), a pseudo-random reward (tests/reliability/plugins.py) so that
 advantages and gradients are non-zero, truncated completions kept in the loss (8 tokens truncate
 every completion of an untrained model). One thread everywhere: float reductions then happen in one
