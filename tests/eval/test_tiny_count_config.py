@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import compose_cfg
 from mmr1.config.grpo_args import build_grpo_kwargs
+from testkit import compose_cfg
 
 
 def test_tiny_count_recipe(tmp_path):
