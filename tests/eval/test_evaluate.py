@@ -8,8 +8,12 @@ import shutil
 import pytest
 import torch
 
-from testkit import run_cli
 from mmr1.evaluate import _completion_lengths, pass_at_k, reward_roles
+from testkit import run_cli
+
+# A tiny model gains nothing from a second OpenMP thread, and on shared cores it costs up to 5x
+# (notes/cpu-threads.md).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -46,7 +50,7 @@ def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
     run_cli(["model.warmstart.enabled=false", "dataset.num_samples=16", "dataset.eval_size=6",
              "trainer.max_completion_length=8", f"eval.checkpoint={run}", "eval.batch_size=4",
              "eval.num_samples=2", "eval.pass_k=[1,2]", f"hydra.run.dir={tmp_path / 'hydra'}"],
-            module="mmr1.evaluate", timeout=240)
+            module="mmr1.evaluate", timeout=240, env=ONE_THREAD)
     result = json.loads((run / "eval.json").read_text())
     assert result["rows"] == 6 and len(result["records"]) == 6 and result["mode"] == "greedy"
     assert result["model"] == str(run / "final") and result["accuracy_reward"] == "external_r1v_acc"
@@ -72,5 +76,5 @@ def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_evaluate_refuses_a_missing_split(tmp_path):
     proc = run_cli(["model.warmstart.enabled=false", "dataset.num_samples=16", "dataset.eval_size=0",
-                    f"hydra.run.dir={tmp_path}"], module="mmr1.evaluate", timeout=240, check=False)
+                    f"hydra.run.dir={tmp_path}"], module="mmr1.evaluate", timeout=240, check=False, env=ONE_THREAD)
     assert proc.returncode != 0 and "eval.split='eval': no such split" in proc.stderr

@@ -9,7 +9,7 @@ from testkit import compose_cfg
 def test_tiny_count_recipe(tmp_path):
     cfg = compose_cfg(["+experiment=tiny_count"], run_dir=tmp_path)
     assert cfg.model.name_or_path == "tiny_qwen2_5_vl" and cfg.model.warmstart.enabled
-    assert cfg.model.warmstart.gate_accuracy == 0.45 and cfg.dataset.name == "synthetic_count"
+    assert cfg.model.warmstart.gate_accuracy == 0.6 and cfg.dataset.name == "synthetic_count"
     assert cfg.dataset.eval_size > 0  # the held-out split mmr1.evaluate and the in-training eval use
     args = build_grpo_kwargs(cfg, tmp_path)
     expected = {"learning_rate": 1e-4, "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "grpo",

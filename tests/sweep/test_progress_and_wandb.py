@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from testkit import compose_cfg
 from mmr1.tracking import wandb_run
 from mmr1.tracking.progress import reward_postfix
+from testkit import compose_cfg
 
 
 def test_postfix_shows_reward_accuracy_format_kl_length():

@@ -6,11 +6,15 @@ import json
 
 import pytest
 
-from testkit import TINY, run_cli
 from mmr1.sweep.report import WINDOW
 from mmr1.tracking.metrics import read_metrics
+from testkit import TINY, run_cli
 
 pytestmark = pytest.mark.slow
+
+# A tiny model gains nothing from a second OpenMP thread, and on shared cores it costs up to 5x
+# (notes/cpu-threads.md).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _mean_tail(rows: list[dict], key: str) -> float:
@@ -21,7 +25,7 @@ def _mean_tail(rows: list[dict], key: str) -> float:
 def test_two_point_sweep_report_matches_each_runs_metrics(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["--multirun", *TINY, "trainer.max_steps=2", "trainer.beta=0,0.001", f"hydra.sweep.dir={sweep}"],
-                   timeout=240)
+                   timeout=240, env=ONE_THREAD)
     points = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert points == ["0_beta=0", "1_beta=0.001"]
     assert "[2/2] beta=0.001" in proc.stderr  # the progress bar names the sweep point
@@ -52,7 +56,7 @@ def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
     sweep = tmp_path / "sweep"
     # 3 generations cannot split a batch of 8 completions: that point fails at startup, before any weights.
     proc = run_cli(["--multirun", *TINY, "trainer.max_steps=1", "trainer.num_generations=3,4",
-                    f"hydra.sweep.dir={sweep}"], timeout=240, check=False)
+                    f"hydra.sweep.dir={sweep}"], timeout=240, check=False, env=ONE_THREAD)
     assert proc.returncode != 0  # the sweep says a point failed ...
     rows = {r["run"]: r for r in _csv(sweep / "report.csv")}
     assert set(rows) == {"0_num_generations=3", "1_num_generations=4"}
@@ -64,7 +68,8 @@ def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
 
 def test_stored_sweep_dry_run_maps_null_clipping(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(["+sweep=grad_clip", "dry_run=true", f"hydra.sweep.dir={sweep}"], timeout=240)  # mode: MULTIRUN
+    # No --multirun: the stored sweep sets hydra.mode MULTIRUN itself.
+    run_cli(["+sweep=grad_clip", "dry_run=true", f"hydra.sweep.dir={sweep}"], timeout=240, env=ONE_THREAD)
     got = {p.name: json.loads((p / "grpo_args.json").read_text())["max_grad_norm"]
            for p in sweep.iterdir() if p.is_dir()}
     assert got == {"0_max_grad_norm=0.5": 0.5, "1_max_grad_norm=1.0": 1.0, "2_max_grad_norm=null": 0.0}
