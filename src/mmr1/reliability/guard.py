@@ -123,16 +123,9 @@ class CollapseDetector:
 
 
 def read_events(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / EVENTS_FILE
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    from mmr1.tracking.metrics import read_metrics  # the same torn-line-tolerant JSONL reader
+
+    return read_metrics(Path(run_dir) / EVENTS_FILE)
 
 
 def append_event(run_dir: str | Path, event: dict) -> None:
