@@ -78,6 +78,9 @@ class WorkerPool:
     ready; items only go to ready workers, so start-up time never eats into an item's budget.
     """
 
+    # A worker with at most this many unanswered items gets the next chunk (see _dispatch).
+    _inflight_room = 8
+
     def __init__(self, num_workers: int = 2, plugins: Iterable[str] = (), start_timeout_s: float = 120.0):
         self.num_workers = int(num_workers)
         self.plugins = [str(p) for p in plugins]
@@ -210,7 +213,11 @@ class WorkerPool:
         return results  # type: ignore[return-value]
 
     def _dispatch(self, tasks, pending, now) -> None:
-        idle = [w for w in self._workers if w.ready and not w.chunk]
+        # Up to two chunks in flight per worker: the next one is already in the pipe when a worker
+        # finishes, so it never idles for a round trip to the trainer (which cost about as much as
+        # scoring a chunk of typical items). Timeouts are unaffected: an item's clock starts at the
+        # answer before it, and a killed worker's unstarted items go back to the queue.
+        idle = [w for w in self._workers if w.ready and len(w.chunk) <= self._inflight_room]
         for worker in idle:
             if not pending:
                 return
@@ -224,8 +231,9 @@ class WorkerPool:
                 pending.extendleft(reversed(chunk))
                 self._replace(worker)
                 continue
+            if not worker.chunk:  # else the head item's clock keeps running from its predecessor's answer
+                worker.since = now
             worker.chunk.extend(chunk)
-            worker.since = now
 
     def _requeue(self, worker: _Worker, pending: deque) -> None:
         # Items the worker had not started yet go back to the front, in order, for another worker.
