@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from mmr1.evaluate import _completion_lengths, pass_at_k, reward_roles
+from mmr1.evaluate import pass_at_k, reward_roles
+from mmr1.models.generation import completion_lengths
 from testkit import run_cli
 
 # A tiny model gains nothing from a second OpenMP thread, and on shared cores it costs up to 5x
@@ -34,7 +35,7 @@ def test_reward_roles_pick_accuracy_and_format():
 
 def test_lengths_count_through_the_first_end_of_turn():
     ids = torch.tensor([[5, 6, 9, 0, 0], [5, 6, 7, 8, 4]])
-    assert _completion_lengths(ids, {9}, 0) == ([3, 5], [False, True])
+    assert completion_lengths(ids, {9}, 0) == ([3, 5], [False, True])
 
 
 @pytest.mark.slow

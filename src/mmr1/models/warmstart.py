@@ -117,24 +117,16 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
 
 def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
     """Greedy completions (text) for rows with ``prompt`` messages and one ``image``."""
-    import torch
+    from mmr1.models.generation import generate
 
     was_training = model.training
     model.eval()
-    texts_out: list[str] = []
     try:
-        for i in range(0, len(rows), batch_size):
-            batch = rows[i:i + batch_size]
-            texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
-                     for r in batch]
-            images = [[_pil(r["image"])] for r in batch]
-            inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            texts_out += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [g[0]["text"] for i in range(0, len(rows), batch_size)
+                for g in generate(model, processor, rows[i:i + batch_size], n=1, do_sample=False,
+                                  max_new_tokens=max_new_tokens)]
     finally:
         model.train(was_training)
-    return texts_out
 
 
 class AccuracyGate(TrainerCallback):
@@ -162,13 +154,3 @@ def _answer(text: str) -> str:
     m = _ANSWER.search(text)
     return (m.group(1) if m else "").strip()
 
-
-def _pil(image: Any):
-    """PIL from a PIL image or a datasets ``{"bytes", "path"}`` dict."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(image, dict):
-        return Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]).convert("RGB")
-    return image

@@ -1,0 +1,55 @@
+"""Batched generation for one image per prompt: shared by ``mmr1.evaluate`` and the warm-start's gate."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def to_pil(image: Any):
+    """PIL from a PIL image or a datasets ``{"bytes", "path"}`` dict."""
+    from PIL import Image
+
+    if isinstance(image, dict):
+        return Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]).convert("RGB")
+    return image
+
+
+def completion_lengths(ids, eos_ids: set[int], pad_id: int | None) -> tuple[list[int], list[bool]]:
+    """Tokens up to and including the first end-of-turn token (TRL counts the same way); truncated if none."""
+    lengths, truncated = [], []
+    for row in ids.tolist():
+        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        if end is None:
+            n = sum(1 for t in row if t != pad_id) if pad_id is not None else len(row)
+            lengths.append(n)
+            truncated.append(True)
+        else:
+            lengths.append(end + 1)
+            truncated.append(False)
+    return lengths, truncated
+
+
+def generate(model, processor, rows: list[dict], *, n: int, do_sample: bool, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> list[list[dict]]:
+    """Completions for each row (``n`` of them): ``[{"text", "length", "truncated"}, ...]`` per row."""
+    import torch
+
+    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    images = [[to_pil(r["image"])] for r in rows]
+    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
+    gen = model.generation_config
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_return_sequences": n,
+                              "pad_token_id": gen.pad_token_id}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    else:  # the saved generation config may say do_sample=true with a temperature: greedy ignores both
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(**inputs, **kwargs)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    decoded = processor.batch_decode(new, skip_special_tokens=True)
+    lengths, truncated = completion_lengths(new, {e for e in eos if e is not None}, gen.pad_token_id)
+    flat = [{"text": t, "length": ln, "truncated": tr} for t, ln, tr in zip(decoded, lengths, truncated)]
+    return [flat[i * n:(i + 1) * n] for i in range(len(rows))]
