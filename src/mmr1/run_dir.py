@@ -41,10 +41,16 @@ def prepare_run_dir(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     return run_dir
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(redact(obj), indent=2, sort_keys=True, default=str) + "\n")
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temp file and rename: readers never see half a file, and a per-process temp name
+    keeps concurrent writers (sweep jobs rewriting one report, ranks) from clobbering each other's temp."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(redact(obj), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -7,7 +7,6 @@ the file needs none, and the CPU path never installs it (optional extra ``[gpu]`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +95,8 @@ def deepspeed_config(ds: DictConfig) -> dict[str, Any]:
 
 def write_deepspeed_config(ds: DictConfig, run_dir: str | Path) -> Path:
     """Write ``run_dir/deepspeed.json`` atomically (readers never see a half-written file)."""
+    from mmr1.run_dir import write_atomic
+
     path = Path(run_dir) / FILENAME
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(deepspeed_config(ds), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(deepspeed_config(ds), indent=2) + "\n")
     return path

@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from mmr1.run_dir import write_atomic  # parallel sweep jobs may all rewrite the report
 from mmr1.sweep.naming import point_overrides, short_label, swept_keys
 from mmr1.sweep.status import RunRecord, find_runs, read_run, status_cell
 
@@ -185,12 +185,6 @@ def _fmt(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)  # parallel sweep jobs may all rewrite the report; readers never see half a file
-
-
 def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
     head = ["run", "overrides", "status", "steps", f"acc final ({WINDOW})", "acc best", "format", "KL",
             "max grad norm", "compl. len", "wall s", "collapsed", "eval acc"]
@@ -262,7 +256,7 @@ def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> li
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
-        _write_atomic(out_dir / fname, buf.getvalue())
+        write_atomic(out_dir / fname, buf.getvalue())
         written.append(fname)
     return written
 
@@ -281,6 +275,6 @@ def write_report(sweep_dir: str | Path, *, plots: bool = True) -> list[dict]:
     writer.writerows(rows)
     from mmr1.tracking.secrets import redact  # an override or error message may carry a secret
 
-    _write_atomic(sweep_dir / "report.csv", redact(buf.getvalue()))
-    _write_atomic(sweep_dir / "report.md", redact(render_markdown(rows, sweep_dir, written)))
+    write_atomic(sweep_dir / "report.csv", redact(buf.getvalue()))
+    write_atomic(sweep_dir / "report.md", redact(render_markdown(rows, sweep_dir, written)))
     return rows
