@@ -135,7 +135,10 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) ->
 def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from mmr1.launch import is_main_process, launch
+    from mmr1.reliability.lock import hold_run_dir
 
+    # One run per directory: a second one fails here (RunDirLocked), outside the try, so it writes nothing there.
+    run_lock = hold_run_dir(cfg)  # a rank mmr1 launched gets a no-op: its launching process holds the lock
     try:
         final = launch(cfg, train)  # here, or through `accelerate launch` (+ a vLLM server): mmr1.launch
     except Exception as err:
@@ -144,6 +147,8 @@ def main(cfg: DictConfig) -> float | None:
         if is_main_process():  # the launching process or global rank 0, not every rank
             record_failure(cfg.run_dir, err)  # run_info.json: failed + the error's first line, for the sweep report
         raise
+    finally:
+        run_lock.release()  # after record_failure, so that run_info.json is still written under the lock
     print(f"Run directory: {Path(cfg.run_dir).resolve()}")
     reward = final.get("reward")
     return float(reward) if isinstance(reward, (int, float)) else None
