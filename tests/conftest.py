@@ -10,3 +10,12 @@ from testkit import EXPERIMENTS, REPO, TINY, compose_cfg, run_cli  # noqa: F401 
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    """The embedded tiny Qwen2.5-VL's processor (real Qwen2.5-VL classes, its own tokenizer), built once."""
+    from mmr1.models import load_processor
+    from mmr1.models.tiny import tiny_qwen2_5_vl_path
+
+    return load_processor(str(tiny_qwen2_5_vl_path()), min_pixels=None, max_pixels=None)

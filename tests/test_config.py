@@ -18,7 +18,11 @@ COMMON = {
     "per_device_eval_batch_size": 8, "gradient_accumulation_steps": 2, "num_train_epochs": 1,
     "save_strategy": "steps", "eval_strategy": "steps", "save_total_limit": 10, "logging_steps": 1,
     "dataloader_num_workers": 4, "temperature": 1.0, "log_completions": True, "bf16": True,
-    "report_to": ["wandb"], "use_vllm": True, "loss_type": "grpo", "vllm_importance_sampling_correction": False,
+    "report_to": ["wandb"], "use_vllm": True, "vllm_importance_sampling_correction": False,
+    # Left to ms-swift v3.2.1's defaults by the seed (conf/recipe/ms_swift_v3_2_1.yaml cites each file:line).
+    "loss_type": "bnpo", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.1,
+    "lr_scheduler_type": "cosine", "top_k": 50, "top_p": 0.9, "epsilon": 0.2, "scale_rewards": "group",
+    "gradient_checkpointing": True, "seed": 42, "mask_truncated_completions": False,
 }
 SEED = {
     "clevr_count": {**COMMON, "save_steps": 1000, "eval_steps": 1000, "warmup_steps": 0.01, "num_generations": 24,

@@ -6,6 +6,7 @@ with a composed config (tests do). The trainer is TRL's ``GRPOTrainer``; mmr1 on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mmr1.rewards import build_reward_funcs
 
     started = time.time()
+    from mmr1.rehearsal import apply_rehearsal
+
+    rehearsal_swaps = apply_rehearsal(cfg)  # +preset=rehearsal (idempotent: main() applied it already)
     # Rank 0 alone checks and writes the run directory (the launching process created it for all ranks).
     main_rank = is_main_process()
     run_dir = prepare_run_dir(cfg.run_dir) if main_rank else Path(cfg.run_dir)
@@ -44,6 +48,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if main_rank:
         write_config(cfg, run_dir)
         write_json(run_dir / "grpo_args.json", grpo_kwargs)
+        if cfg.rehearsal.enabled:
+            write_json(run_dir / "rehearsal.json", rehearsal_swaps)  # key, experiment value, rehearsal value
         if cfg.deepspeed.enabled:
             write_deepspeed_config(cfg.deepspeed, run_dir)  # what grpo_kwargs["deepspeed"] points to
     if cfg.dry_run:
@@ -55,10 +61,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Before any weights load: a run directory whose checkpoints are all broken fails here.
     resume = resolve_resume(cfg.resume, run_dir)
 
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from mmr1.data import build_datasets
-    from mmr1.data.preflight import preflight
+    from mmr1.data.preflight import data_skips_long_prompts, preflight
+    from mmr1.grpo_trainer import Mmr1GRPOTrainer
     from mmr1.models import load_model, load_processor, resolve_model_path
     from mmr1.models.warmstart import maybe_warmstart
     from mmr1.tracking.curves import plot_curves
@@ -69,22 +76,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     processor = load_processor(model_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
                                trust_remote_code=cfg.model.trust_remote_code)
     data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
-    # Prompt (text + image tokens at max_pixels) + a full completion must fit, checked before any GPU work.
-    # vLLM's max_model_len only truncates completions (as in the seed, where clevr's 1024 equals
-    # max_completion_length), so it warns instead of failing.
-    fit = dict(max_pixels=limits.max_pixels, max_completion_length=cfg.trainer.max_completion_length)
-    preflight(processor, data, max_length=cfg.trainer.max_length, what="trainer.max_length", **fit)
-    if cfg.rollout.backend == "vllm" and cfg.rollout.max_model_len:
-        preflight(processor, data, max_length=cfg.rollout.max_model_len, what="rollout.max_model_len",
-                  strict=False, **fit)
+    # Every prompt, measured with its own image's tokens, against trainer.max_length and the rollout context,
+    # before any GPU work (mmr1.data.preflight); over-long rows are named (or skipped, dataset.on_long_prompt).
+    context = cfg.rollout.max_model_len
+    fit = preflight(processor, data, max_length=cfg.trainer.max_length, context=context,
+                    max_completion_length=cfg.trainer.max_completion_length,
+                    skip=data_skips_long_prompts(cfg.dataset))
+    if main_rank:
+        write_json(run_dir / "preflight.json", dataclasses.asdict(fit))  # longest prompt, completion cap, skipped rows
     model_path = maybe_warmstart(cfg, model_path, processor, limits)
     model = load_model(model_path, cfg.model)
 
     metrics_cb = MetricsJsonlCallback(run_dir)
     if data.stats.get("skipped"):
         metrics_cb.extra["data/skipped_rows"] = data.stats["skipped"]
-    trainer = GRPOTrainer(
+    for split, n in data.stats.get("long_prompts_skipped", {}).items():
+        metrics_cb.extra[f"data/long_prompts_skipped_{split}"] = n
+    trainer = Mmr1GRPOTrainer(
         model=model,
+        context_length=context,  # completions end where the rollout context does, on every backend
         reward_funcs=reward_funcs,
         args=GRPOConfig(**grpo_kwargs),
         train_dataset=data.train,
@@ -134,6 +144,9 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) ->
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from mmr1.rehearsal import announce
+
+    announce(cfg)  # +preset=rehearsal: swap what needs GPUs or downloads, before the launcher counts processes
     from mmr1.launch import is_main_process, launch
     from mmr1.reliability.lock import hold_run_dir
 

@@ -15,13 +15,21 @@ from PIL import Image
 
 SUFFIX = " Output the thinking process in <think> </think> and\n final answer (number) in <answer> </answer> tags."
 
+# Each task's real columns and solution format (mmr1.data.synthetic cites the sources): ClevrCount's
+# "<answer> 3 </answer>" with spaces, GeoQA-R1V's "<answer> 70° </answer>" with the unit, Open R1's
+# reasoning solution plus the source question/answer columns.
 TASK_ROWS = {
-    "clevr_count": lambda i: {"problem": "How many items are there in the image?", "solution": f"<answer> {i % 5} </answer>"},
-    "geoqa": lambda i: {"problem": f"As shown in the figure, angle A is {30 + i}°. Find angle B.", "solution": f"<answer>{60 - i}</answer>"},
+    "clevr_count": lambda i: {"problem": "How many items are there in the image?", "solution": f"<answer> {3 + i % 5} </answer>"},
+    "geoqa": lambda i: {"problem": f"As shown in the figure, angle A is {30 + i}°. Find angle B.", "solution": f"<answer> {60 - i}° </answer>"},
     "openr1_mm": lambda i: {
-        "problem": f"Based on the chart, what is the value of bar {i}?", "solution": f"<answer>{i}</answer>",
-        "original_question": f"orig q {i}", "original_answer": f"orig a {i}",
+        "problem": f"Based on the chart, what is the value of bar {i}?",
+        "solution": f"<think>The chart shows bar {i} reaching {i}.</think>\n\n<answer>{i}</answer>",
+        "original_question": f"orig q {i}", "original_answer": f"orig a {i}\nAnswer: {i}",
     },
+}
+# The hub's images: CLEVR's are 480x320 RGBA PNGs named CLEVR_trainA_<n>.png; the others vary in size.
+TASK_IMAGES = {
+    "clevr_count": lambda i: (png_bytes((480, 320), mode="RGBA", colour=(126, 126, 128, 255)), f"CLEVR_trainA_{i:06d}.png"),
 }
 
 
@@ -51,7 +59,8 @@ def write_hub_parquet(path: Path, task: str, n: int = 6, images: dict[int, bytes
 
     rows = []
     for i in range(n):
-        row = {"image": {"bytes": (images or {}).get(i) or png_bytes((96 + 8 * i, 64)), "path": f"img_{i}.png"}}
+        default, name = TASK_IMAGES.get(task, lambda i: (png_bytes((96 + 8 * i, 64)), f"img_{i}.png"))(i)
+        row = {"image": {"bytes": (images or {}).get(i) or default, "path": name}}
         row.update(TASK_ROWS[task](i))
         if drop and i in drop:
             row[drop[i]] = None

@@ -1,10 +1,12 @@
-"""Pre-flight: the worst-case prompt (text + image tokens at max_pixels) + completion vs the max length."""
+"""Pre-flight: every prompt, measured with its own image's tokens, against trainer.max_length and the context."""
 
 from __future__ import annotations
 
 import pytest
 
+from data_fixtures import local_cfg, png_bytes, write_hub_parquet
 from mmr1.data import build_datasets
+from mmr1.data.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from mmr1.data.preflight import preflight
 
 
@@ -18,32 +20,53 @@ class WordTokenizer:
 
 
 @pytest.fixture(scope="module")
-def bundle():
+def clevr(tmp_path_factory):
+    """ClevrCount as the hub has it (480x320 RGBA PNGs), at the seed's settings: max_pixels null -> Qwen's."""
+    path = write_hub_parquet(tmp_path_factory.mktemp("clevr") / "train.parquet", "clevr_count", n=6)
+    return build_datasets(local_cfg("clevr_count", path, eval_size=2), min_pixels=QWEN_MIN_PIXELS,
+                          max_pixels=QWEN_MAX_PIXELS, seed=0)
+
+
+def test_accepts_480x320_clevr_at_the_seeds_settings(clevr, tiny_processor):
+    # The issue's failure: 16384 image tokens assumed at max_pixels=12845056. A 480x320 image resizes to
+    # 476x336 = 17 x 12 = 204 tokens, measured from the data.
+    report = preflight(tiny_processor, clevr, max_length=8192, context=1024, max_completion_length=1024)
+    assert report.longest_image == 187
+    assert report.longest_text > 50  # the system prompt and the ClevrPreprocessor suffix
+    assert report.longest_prompt == report.longest_text + 187 < 1024
+    # The context leaves the longest prompt fewer than max_completion_length tokens: completions stop there.
+    assert report.completion_cap == 1024 - report.longest_prompt
+
+
+def test_rejects_a_prompt_that_cannot_fit_naming_the_row(tmp_path, tiny_processor):
+    # Row 3 carries a 2000x1500 image: at max_pixels 12845056 it keeps ~3800 image tokens > 1023.
+    path = write_hub_parquet(tmp_path / "t.parquet", "clevr_count", n=5, images={3: png_bytes((2000, 1500))})
+    bundle = build_datasets(local_cfg("clevr_count", path, shuffle=False), min_pixels=QWEN_MIN_PIXELS,
+                            max_pixels=QWEN_MAX_PIXELS, seed=0)
+    with pytest.raises(ValueError, match=r"dataset 'clevr_count' train row 3: its prompt is \d+ tokens .*"
+                                         r"exceeds rollout.max_model_len .*1 of 5 train rows"):
+        preflight(tiny_processor, bundle, max_length=8192, context=1024, max_completion_length=1024)
+    # max_length bounds the prompt alone (the seed's --max_length), so 8192 holds it.
+    assert preflight(tiny_processor, bundle, max_length=8192, context=None, max_completion_length=1024).longest_image > 3000
+
+
+def test_skip_drops_and_counts_the_long_rows(tmp_path, tiny_processor):
+    path = write_hub_parquet(tmp_path / "t.parquet", "clevr_count", n=5, images={1: png_bytes((2000, 1500))})
+    bundle = build_datasets(local_cfg("clevr_count", path, shuffle=False), min_pixels=QWEN_MIN_PIXELS,
+                            max_pixels=QWEN_MAX_PIXELS, seed=0)
+    report = preflight(tiny_processor, bundle, max_length=8192, context=1024, max_completion_length=1024, skip=True)
+    assert report.skipped == {"train": [1]}
+    assert len(bundle.train) == 4 and 1 not in bundle.train["source_row"]
+    assert bundle.stats["long_prompts_skipped"] == {"train": 1}
+
+
+def test_max_length_counts_text_and_the_rows_own_image():
     cfg = {"name": "geoqa", "source": "synthetic", "num_samples": 6, "eval_size": 2}
-    return build_datasets(cfg, min_pixels=3136, max_pixels=401408, seed=0)
-
-
-def test_reports_worst_case(bundle):
-    report = preflight(WordTokenizer(), bundle, max_pixels=401408, max_completion_length=1024, max_length=8192)
-    assert report["image_tokens"] == 401408 // 784 == 512
-    assert report["text_tokens"] > len(bundle.system_prompt.split())
-    assert report["total"] == report["text_tokens"] + 512 + 1024
-
-
-def test_fails_clearly_when_it_cannot_fit(bundle):
-    with pytest.raises(ValueError, match=r"exceeds rollout.max_model_len=1024.*Lower model.max_pixels"):
-        preflight(WordTokenizer(), bundle, max_pixels=401408, max_completion_length=1024, max_length=1024,
-                  what="rollout.max_model_len")
-
-
-def test_accepts_plain_prompts():
-    prompts = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a b c"}]}]]
-    report = preflight(WordTokenizer(), prompts, max_pixels=784 * 9, max_completion_length=5, max_length=None)
-    assert report == {"text_tokens": 3, "image_tokens": 9, "max_completion_length": 5, "total": 17}
-
-
-def test_non_strict_warns(bundle, caplog):
-    with caplog.at_level("WARNING"):
-        report = preflight(WordTokenizer(), bundle, max_pixels=401408, max_completion_length=1024, max_length=1024,
-                           strict=False)
-    assert report["total"] > 1024 and "Completions may be cut short" in caplog.text
+    bundle = build_datasets(cfg, min_pixels=3136, max_pixels=401408, seed=0)
+    report = preflight(WordTokenizer(), bundle, max_length=None, context=None, max_completion_length=1024)
+    # The stand-in's 168x168 figures are 6 x 6 blocks: 36 tokens, not 401408 // 784 = 512.
+    assert report.longest_image == 36
+    assert report.longest_text > len(bundle.system_prompt.split())
+    limit = report.longest_prompt - 1
+    with pytest.raises(ValueError, match=f"exceeds trainer.max_length \\(at most {limit} prompt tokens"):
+        preflight(WordTokenizer(), bundle, max_length=limit, context=None, max_completion_length=1024)

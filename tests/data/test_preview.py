@@ -34,7 +34,9 @@ def test_preview_rows(compose_cfg):
     system, user = rows[0]["messages"]
     assert system["role"] == "system" and isinstance(system["content"], str)
     assert user["content"].endswith("in <answer> </answer> tags.")
-    assert rows[0]["image_tokens"] == 9 and stats["skipped"] == 0
+    # The ClevrCount stand-in has the hub's 480x320 images: 17 x 11 blocks of 28 px at the default limits.
+    assert rows[0]["image_size_before"] == [480, 320] and rows[0]["image_tokens"] == 17 * 11
+    assert stats["skipped"] == 0
 
 
 @pytest.mark.parametrize("env,override,bound", [("262144", None, 262144), ("262144", 100000, 100000)])

@@ -76,6 +76,8 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "vllm_importance_sampling_correction": r.importance_sampling_correction,
     }
     if r.backend == "hf":
+        if r.cache_implementation is not None:
+            out["cache_implementation"] = r.cache_implementation
         return out
     if r.backend != "vllm":
         raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")

@@ -90,6 +90,9 @@ class RolloutConfig:
     enable_sleep_mode: bool = False
     # The seed (ms-swift at the time) had no vLLM importance-sampling correction; TRL's default is on.
     importance_sampling_correction: bool = False
+    # backend=hf: transformers' KV cache ("static" preallocates it: on a CPU 3.7x faster than the dynamic
+    # cache's per-token concatenation for 96 sequences x 200 tokens; null = transformers' default).
+    cache_implementation: str | None = None
 
 
 @dataclass
@@ -211,6 +214,17 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class RehearsalConfig:
+    """``+preset=rehearsal`` (mmr1.rehearsal): the experiment's exact configuration for real on a CPU."""
+
+    enabled: bool = False
+    max_steps: int = 2  # optimizer steps; the one evaluation and the one checkpoint come at the last
+    # Filled by mmr1.rehearsal.apply_rehearsal: what was swapped (key, experiment value, rehearsal value).
+    applied: bool = False
+    swaps: list[Any] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -223,6 +237,7 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     # Collapse guard and Ctrl-C behaviour (mmr1.reliability; why of each value in conf/guard/default.yaml).
     guard: GuardConfig = field(default_factory=GuardConfig)
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     run_dir: str = "${hydra:runtime.output_dir}"
     # Compose, build what needs no weights, write config.yaml + grpo_args.json, and exit.
     dry_run: bool = False

@@ -5,7 +5,7 @@ Public API (what the training spine calls)::
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     bundle = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
                             seed=cfg.seed)
-    preflight(processor, bundle, max_pixels=limits.max_pixels, max_completion_length=..., max_length=...)
+    preflight(processor, bundle, max_length=..., context=..., max_completion_length=...)
 """
 
 from mmr1.data.build import DataBundle, build_datasets, build_messages, load_system_prompt

@@ -31,7 +31,7 @@ from mmr1.data.sources import SOURCES, TASKS
 log = logging.getLogger(__name__)
 
 REQUIRED = ("problem", "solution")
-ADDED = ("prompt", "image", "image_id", "image_size_before")  # columns mmr1 writes; source values dropped
+ADDED = ("prompt", "image", "image_id", "image_size_before", "image_tokens", "source_row")  # columns mmr1 writes; source values dropped
 MAX_REPORTED = 10  # skipped indices/reasons kept in stats and logs
 
 
@@ -148,8 +148,11 @@ def build_datasets(
             "image": {"bytes": img["bytes"], "path": None},
             "image_id": img["id"],
             "image_size_before": list(img["size_before"]),
+            # What the pre-flight measures: this row's own image cost, and the row to name in an error.
+            "image_tokens": image_tokens(*img["size_after"]),
+            "source_row": index,
         })
-        tokens.append(image_tokens(*img["size_after"]))
+        tokens.append(out[-1]["image_tokens"])
     resizer.release()
 
     if bad.indices:

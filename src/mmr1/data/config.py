@@ -49,6 +49,9 @@ class DatasetConfig:
     # Held-out rows taken first from the (shuffled) data for eval; 0 = no eval set (bundle.eval None).
     eval_size: int = 100
     on_bad_row: OnBadRow = OnBadRow.error
+    # A prompt over trainer.max_length or the rollout context (mmr1.data.preflight): error names the row,
+    # skip drops and counts it. Never cut: cutting a prompt would cut its image tokens.
+    on_long_prompt: OnBadRow = OnBadRow.error
     # System prompt file; None = the seed's R1-V prompt shipped in mmr1/prompts/r1v_system.txt.
     system_prompt: str | None = None
     # Appended to the problem text verbatim; None = the task's own (clevr_count/synthetic_count: the

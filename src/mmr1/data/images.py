@@ -191,13 +191,10 @@ class ImageResizer:
                 raise
             raise BadImage(f"corrupt image ({where}): {exc}") from None
         unchanged = img.mode == "RGB"
-        # Grayscale, palette, CMYK and alpha images all become RGB; alpha is composited on white
-        # (a transparent PNG rendered on black would hide dark strokes of diagrams).
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        elif img.mode != "RGB":
+        # Grayscale, palette, CMYK and alpha images all become RGB by PIL's convert, alpha dropped (not
+        # composited), exactly as the seed's ms-swift v3.2.1 loads images (swift/llm/template/vision_utils.py
+        # :131-137 `if image.mode != 'RGB': image = image.convert('RGB')`), so the policy sees the seed's pixels.
+        if img.mode != "RGB":
             img = img.convert("RGB")
         new_h, new_w = smart_resize(h, w, min_pixels=self.limits.min_pixels, max_pixels=self.limits.max_pixels)
         if (new_w, new_h) != (w, h):

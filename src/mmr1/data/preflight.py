@@ -1,82 +1,165 @@
-"""Pre-flight: will the longest prompt, with its image at the largest allowed size, plus a full
-completion fit the model's (or vLLM's) length? Fails on CPU at startup, before any GPU work."""
+"""Pre-flight: does every prompt fit, measured on the data itself? Runs on CPU at start-up, before any GPU work.
+
+A prompt's length is its rendered chat template's text tokens plus the image tokens of *its own* resized
+image (``image_tokens``, written by ``build_datasets``), not a worst case at ``max_pixels``: a 480x320
+CLEVR picture costs 204 tokens whatever ``max_pixels`` allows. Two bounds, as the seed had them:
+
+- ``trainer.max_length`` bounds the prompt (ms-swift v3.2.1 GRPO checks ``--max_length`` on the prompt
+  encode, swift/trainers/rlhf_trainer/grpo_trainer.py:424-435; completions are bounded separately);
+- the rollout context (``rollout.max_model_len``) bounds prompt + completion: a prompt must leave room for
+  at least one token, and completions are cut at ``context - prompt`` (mmr1.grpo_trainer), as vLLM
+  stops generating at its context.
+
+A prompt over a bound is never shortened (cutting image tokens out of a prompt is the image-token /
+feature mismatch of open-r1-multimodal#28 and trl#4220): it is an error naming the row, or with
+``dataset.on_long_prompt=skip`` the row is dropped and counted.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from mmr1.data.images import FACTOR
-
 log = logging.getLogger(__name__)
-CANDIDATES = 16  # longest prompts (by characters) that are actually tokenized: cheap, and tokens track chars
+CANDIDATES = 16  # prompts measured exactly even when every bound holds: the longest ones, for the report
+BOUNDARY_SLACK = 8  # tokens a BPE merge across the template/text boundary could add to the bound below
+MAX_NAMED = 10  # offending rows named in an error
 
 
-def _texts(messages: list[dict]) -> list[str]:
+@dataclass(frozen=True)
+class Bound:
+    key: str  # the config key named in messages, e.g. "trainer.max_length"
+    max_prompt_tokens: int  # the largest prompt (text + image tokens) it allows
+    why: str  # one clause on what the bound is
+
+
+@dataclass
+class Report:
+    longest_prompt: int = 0  # tokens, text + image, of the longest prompt
+    longest_text: int = 0
+    longest_image: int = 0
+    completion_cap: int | None = None  # completion tokens left by the context for the longest prompt
+    skipped: dict[str, list[int]] = field(default_factory=dict)  # split -> source rows dropped
+
+
+def _user_text(messages: list[dict]) -> str:
     out = []
     for m in messages:
+        if m["role"] == "system":
+            continue
         content = m["content"]
         out.extend([content] if isinstance(content, str) else [p["text"] for p in content if p.get("text")])
-    return out
+    return "".join(out)
 
 
-def _n_images(messages: list[dict]) -> int:
-    return sum(
-        1 for m in messages if not isinstance(m["content"], str) for p in m["content"] if p.get("type") == "image"
-    )
-
-
-def _prompt_tokens(processing_class: Any, messages: list[dict]) -> int:
-    """Tokens of the rendered chat prompt, counting each image placeholder as one token."""
+def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
+    """Text tokens of the rendered chat prompt, not counting image placeholders (one token each)."""
     tok = getattr(processing_class, "tokenizer", processing_class)
+    n_images = sum(1 for m in messages if not isinstance(m["content"], str)
+                   for p in m["content"] if p.get("type") == "image")
     if getattr(processing_class, "chat_template", None) or getattr(tok, "chat_template", None):
         renderer = processing_class if hasattr(processing_class, "apply_chat_template") else tok
         text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-    # No chat template (e.g. a bare tokenizer in tests): text parts plus one token per image.
-    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in _texts(messages)) + _n_images(messages)
+        return len(tok(text, add_special_tokens=False)["input_ids"]) - n_images
+    # No chat template (a bare tokenizer in tests): the text parts only.
+    parts = [m["content"] if isinstance(m["content"], str) else " ".join(p["text"] for p in m["content"]
+             if p.get("text")) for m in messages]
+    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in parts)
 
 
-def preflight(
-    processing_class: Any, bundle: Any, *, max_pixels: int, max_completion_length: int,
-    max_length: int | None, what: str = "max_length", strict: bool = True,
-) -> dict[str, int]:
-    """Check ``text tokens + image tokens at max_pixels + max_completion_length <= max_length``.
+def _scaffold_tokens(processing_class: Any, messages: list[dict]) -> int:
+    """The template and system prompt alone: the row with its user text emptied."""
+    empty = [m if m["role"] == "system" else {**m, "content": [p for p in m["content"] if p.get("type") == "image"]
+             + [{"type": "text", "text": ""}]} for m in messages]
+    return _text_tokens(processing_class, empty)
 
-    ``bundle`` is a ``DataBundle`` (train and eval prompts are checked) or an iterable of prompts.
-    ``what`` names the limit in the error (e.g. "rollout.max_model_len"). ``max_length=None`` only
-    reports. Returns the worst case's parts; raises ValueError with the numbers when it cannot fit
-    (``strict=False``: logs a warning instead, e.g. for a vLLM length that truncates completions).
-    """
-    if hasattr(bundle, "train"):
-        prompts = []
-        for ds in (bundle.train, bundle.eval):
-            if ds is not None:
-                prompts.extend(ds.with_format(None).select_columns(["prompt"])["prompt"])  # no image decode
-    else:
-        prompts = list(bundle)
-    if not prompts:
-        raise ValueError("preflight: no prompts to check")
-    longest = sorted(prompts, key=lambda m: sum(map(len, _texts(m))), reverse=True)[:CANDIDATES]
-    worst = max(longest, key=lambda m: _prompt_tokens(processing_class, m))
-    n_img = max(_n_images(m) for m in prompts)
-    per_image = max_pixels // (FACTOR * FACTOR)  # smart_resize keeps h*w <= max_pixels
-    text_tokens = _prompt_tokens(processing_class, worst) - _n_images(worst)
-    report = {
-        "text_tokens": text_tokens, "image_tokens": n_img * per_image,
-        "max_completion_length": max_completion_length,
-    }
-    report["total"] = sum(report.values())
-    if max_length is not None and report["total"] > max_length:
-        msg = (
-            f"pre-flight: the longest prompt ({text_tokens} text tokens + {n_img} image(s) x {per_image} tokens at "
-            f"max_pixels={max_pixels}) + max_completion_length={max_completion_length} = {report['total']} tokens "
-            f"exceeds {what}={max_length}. Lower model.max_pixels or trainer.max_completion_length, "
-            f"or raise {what}."
-        )
-        if strict:
-            raise ValueError(msg)
-        log.warning("%s Completions may be cut short.", msg)
-        return report
-    log.info("pre-flight ok: %s (limit %s=%s)", report, what, max_length)
+
+def _bounds(max_length: int | None, context: int | None) -> list[Bound]:
+    bounds = []
+    if max_length is not None:
+        bounds.append(Bound("trainer.max_length", max_length, "the seed's --max_length bounds the prompt"))
+    if context is not None:
+        bounds.append(Bound("rollout.max_model_len", context - 1,
+                            "prompt + completion share the rollout context; at least 1 completion token"))
+    return bounds
+
+
+def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Report) -> list[tuple[int, int, int, int]]:
+    """Return (position, source row, text tokens, image tokens) of every prompt over a bound."""
+    cols = ds.with_format(None).select_columns(["prompt", "image_tokens", "source_row"])[:]  # no image decode
+    prompts, images, rows = cols["prompt"], cols["image_tokens"], cols["source_row"]
+    scaffold = _scaffold_tokens(processing_class, prompts[0])
+    # An upper bound per row without rendering it: a byte-level BPE token covers at least one byte.
+    upper = [scaffold + len(_user_text(p).encode()) + BOUNDARY_SLACK + img for p, img in zip(prompts, images, strict=True)]
+    limit = min((b.max_prompt_tokens for b in bounds), default=None)
+    exact = sorted(range(len(prompts)), key=upper.__getitem__, reverse=True)[:CANDIDATES]
+    if limit is not None:
+        exact = sorted(set(exact) | {i for i, u in enumerate(upper) if u > limit})
+    over = []
+    for i in exact:
+        text = _text_tokens(processing_class, prompts[i])
+        total = text + images[i]
+        if total > report.longest_prompt:
+            report.longest_prompt, report.longest_text, report.longest_image = total, text, images[i]
+        if limit is not None and total > limit:
+            over.append((i, rows[i], text, images[i]))
+    return over
+
+
+def _message(dataset: str, split: str, over: list, n: int, bounds: list[Bound]) -> str:
+    i, row, text, img = over[0]
+    broken = [b for b in bounds if text + img > b.max_prompt_tokens]
+    b = broken[0]
+    named = ", ".join(str(r) for _, r, _, _ in over[:MAX_NAMED]) + (" ..." if len(over) > MAX_NAMED else "")
+    return (
+        f"pre-flight: dataset {dataset!r} {split} row {row}: its prompt is {text + img} tokens ({text} text + "
+        f"{img} image tokens) and exceeds {b.key} (at most {b.max_prompt_tokens} prompt tokens: {b.why}). "
+        f"{len(over)} of {n} {split} rows do not fit (source rows {named}). Lower model.max_pixels, raise {b.key}, "
+        f"or set dataset.on_long_prompt=skip to drop them (prompts are never cut: that would cut image tokens)."
+    )
+
+
+def preflight(processing_class: Any, bundle: Any, *, max_length: int | None, context: int | None,
+              max_completion_length: int, skip: bool = False) -> Report:
+    """Check every train and eval prompt of ``bundle`` (a DataBundle) against the bounds; with ``skip``
+    drop the rows over a bound from ``bundle`` in place (counted in ``bundle.stats``), else raise
+    ValueError naming the first such row and the config key. Returns the longest prompt's parts."""
+    bounds = _bounds(max_length, context)
+    report = Report()
+    dataset = bundle.stats.get("dataset", "?")
+    for split in ("train", "eval"):
+        ds = getattr(bundle, split)
+        if ds is None or len(ds) == 0:
+            continue
+        over = _check_split(processing_class, ds, bounds, report)
+        if not over:
+            continue
+        if not skip:
+            raise ValueError(_message(dataset, split, over, len(ds), bounds))
+        log.warning("%s", _message(dataset, split, over, len(ds), bounds).replace(
+            "or set dataset.on_long_prompt=skip to drop them", "dataset.on_long_prompt=skip: dropped"))
+        drop = {i for i, *_ in over}
+        kept = [i for i in range(len(ds)) if i not in drop]
+        if not kept:
+            raise ValueError(f"pre-flight: no {split} row of dataset {dataset!r} fits; see the warning above")
+        setattr(bundle, split, ds.select(kept))
+        report.skipped[split] = [r for _, r, _, _ in over]
+    if report.skipped:
+        bundle.stats["long_prompts_skipped"] = {k: len(v) for k, v in report.skipped.items()}
+    if context is not None:
+        report.completion_cap = min(max_completion_length, context - report.longest_prompt)
+        if report.completion_cap < max_completion_length:
+            log.info("pre-flight: the longest prompt (%d tokens) leaves %d completion tokens in rollout.max_model_len=%d "
+                     "(trainer.max_completion_length=%d); completions stop there, as vLLM's did in the seed",
+                     report.longest_prompt, report.completion_cap, context, max_completion_length)
+    log.info("pre-flight ok: longest prompt %d tokens (%d text + %d image); bounds %s",
+             report.longest_prompt, report.longest_text, report.longest_image,
+             {b.key: b.max_prompt_tokens for b in bounds} or "none")
     return report
+
+
+def data_skips_long_prompts(dataset_cfg: Any) -> bool:
+    """``dataset.on_long_prompt`` as a flag (a DictConfig enum reads back as its name or the enum)."""
+    value = dataset_cfg.on_long_prompt
+    return getattr(value, "value", value) == "skip"

@@ -34,7 +34,8 @@ SOURCES: Registry = Registry("dataset source")
 
 # The seed's three datasets, each with its offline stand-in; the stand-ins are tasks of their own too.
 # Only ClevrCount had a preprocessor; GeoQA and Open R1 feed the problem text as is.
-TASKS.register("clevr_count")(TaskSpec(generator="synthetic_count", query_suffix=CLEVR_SUFFIX))
+# clevr_count's stand-in has the hub's shape (480x320 RGBA CLEVR PNGs); synthetic_count is the learnable one.
+TASKS.register("clevr_count")(TaskSpec(generator="clevr_scene", query_suffix=CLEVR_SUFFIX))
 TASKS.register("geoqa")(TaskSpec(generator="synthetic_geoqa"))
 TASKS.register("openr1_mm")(TaskSpec(generator="synthetic_chart"))
 TASKS.register("synthetic_count")(TaskSpec(generator="synthetic_count", query_suffix=CLEVR_SUFFIX))

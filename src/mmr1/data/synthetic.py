@@ -68,7 +68,8 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str) -> Non
 def synthetic_geoqa(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
     """Geometry figures with labelled values and a question whose number follows from the figure:
     a triangle's third angle, a right triangle's hypotenuse (Pythagorean triples), a circle's
-    diameter from its labelled radius. Solutions are ``<answer>N</answer>`` like GeoQA-R1V's."""
+    diameter from its labelled radius. Solutions are ``<answer> 70° </answer>`` like GEOQA_R1V_Train_8K's
+    (spaces inside the tag, degrees kept; R1-V's GeoQA test answers carry units, e.g. "140°")."""
     side = image_size or 168
     rows = []
     for i in range(num_samples):
@@ -92,7 +93,7 @@ def synthetic_geoqa(num_samples: int, seed: int, image_size: int | None = None) 
             for p, name in ((pa, "A"), (pb, "B"), (pc, "C")):
                 _label(draw, (p[0], p[1] + 8 if name != "C" else p[1] - 8), name)
             problem = "As shown in the figure, in triangle ABC, what is the degree of angle C?"
-            answer = 180 - a - b
+            answer = f"{180 - a - b}°"
         elif kind == "hypotenuse":
             k = rng.randint(1, 4)
             p, q, r = rng.choice(((3, 4, 5), (5, 12, 13), (8, 15, 17), (6, 8, 10)))
@@ -112,7 +113,8 @@ def synthetic_geoqa(num_samples: int, seed: int, image_size: int | None = None) 
             _label(draw, (c - 6, c + 6), "O")
             problem = "As shown in the figure, circle O has the labelled radius. What is the length of its diameter?"
             answer = 2 * radius
-        rows.append({"image": img, "problem": problem, "solution": f"<answer>{answer}</answer>"})
+        # GEOQA_R1V_Train_8K's own format: spaces inside the tag, the unit kept ("<answer> 70° </answer>").
+        rows.append({"image": img, "problem": problem, "solution": f"<answer> {answer} </answer>"})
     return rows
 
 
@@ -122,7 +124,9 @@ CATEGORIES = ("apples", "pears", "plums", "grapes", "lemons", "cherries")
 @GENERATORS.register("synthetic_chart")
 def synthetic_chart(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
     """Bar or pie charts (PIL, no matplotlib import cost) with a question answered by a label (which
-    category is largest) or a value (how much of a category), like Open R1's charts and maps."""
+    category is largest) or a value (how much of a category), like Open R1's charts and maps, with its
+    columns: a solution holding the reasoning (``<think>...</think>\n\n<answer>X</answer>``) and
+    ``original_question`` / ``original_answer``."""
     side = image_size or 224
     rows = []
     for i in range(num_samples):
@@ -153,12 +157,61 @@ def synthetic_chart(num_samples: int, seed: int, image_size: int | None = None) 
                 draw.rectangle((side * 0.72, y - 5, side * 0.72 + 10, y + 5), fill=col)
                 draw.text((side * 0.72 + 14, y), f"{name} {v}", fill=(0, 0, 0), anchor="lm")
             kind = "pie chart"
+        listing = ", ".join(f"{name} {v}" for name, v in zip(names, values, strict=True))
         if rng.random() < 0.5:
             problem = f"Based on the {kind}, which category has the largest value?"
             answer = names[values.index(max(values))]
+            think = f"The {kind} shows {listing}. The largest value is {max(values)}, so the category is {answer}."
         else:
             j = rng.randrange(n)
             problem = f"Based on the {kind}, what is the value of {names[j]}?"
             answer = str(values[j])
-        rows.append({"image": img, "problem": problem, "solution": f"<answer>{answer}</answer>"})
+            think = f"The {kind} shows {listing}. Reading {names[j]} gives {answer}."
+        # multimodal-open-r1-8k-verified's shape (open-r1-multimodal local_scripts/prepare_hf_data.py:43-53,
+        # 77-85): the solution carries the reasoning, then the answer; the source question/answer are kept.
+        rows.append({
+            "image": img, "problem": problem,
+            "solution": f"<think>{think}</think>\n\n<answer>{answer}</answer>",
+            "original_question": f"According to the question shown in the image, please first perform reasoning, "
+                                 f"then finally select the right answer.\nQuestion: {problem}",
+            "original_answer": f"{think}\nAnswer: {answer}",
+        })
+    return rows
+
+
+CLEVR_SIZE = (480, 320)  # clevr_cogen_a_train's PNGs: 480x320, RGBA (colour type 6)
+CLEVR_BACKGROUND = (126, 126, 128, 255)
+
+
+@GENERATORS.register("clevr_scene")
+def clevr_scene(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """ClevrCount's stand-in in the hub's exact shape: ``image`` as ``{bytes, path}`` holding a 480x320
+    RGBA PNG named like ``CLEVR_trainA_000000.png``, the dataset's one problem text, and solutions
+    ``<answer> N </answer>`` (spaces inside the tag) for 3-10 objects on CLEVR's grey floor. Not
+    learnable by the tiny model (that is ``synthetic_count``); it rehearses the real data path.
+
+    >>> row = clevr_scene(1, seed=0)[0]
+    >>> from PIL import Image; import io; img = Image.open(io.BytesIO(row["image"]["bytes"]))
+    >>> img.size, img.mode, row["image"]["path"], row["solution"].startswith("<answer> ")
+    ((480, 320), 'RGBA', 'CLEVR_trainA_000000.png', True)
+    """
+    import io
+
+    w, h = (image_size, image_size * 2 // 3) if image_size else CLEVR_SIZE
+    rows = []
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        k = rng.randint(3, 10)
+        img = Image.new("RGBA", (w, h), CLEVR_BACKGROUND)
+        draw = ImageDraw.Draw(img)
+        for _ in range(k):
+            r = rng.randint(h // 20, h // 9)
+            cx, cy = rng.randint(r, w - r), rng.randint(h // 3, h - r)
+            colour = (*COLOURS[rng.choice(sorted(COLOURS))], 255)
+            shape = rng.choice((draw.ellipse, draw.rectangle))
+            shape((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        rows.append({"image": {"bytes": buf.getvalue(), "path": f"CLEVR_trainA_{i:06d}.png"},
+                     "problem": CLEVR_PROBLEM, "solution": f"<answer> {k} </answer>"})
     return rows

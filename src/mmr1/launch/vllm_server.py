@@ -36,13 +36,28 @@ def server_url(rollout: DictConfig) -> str:
     return f"http://{client_host(rollout.server_host)}:{rollout.server_port}"
 
 
-def _mm_processor_kwargs(model: DictConfig) -> dict[str, int]:
+def _mm_processor_kwargs(model: DictConfig, max_model_len: int | None = None) -> dict[str, int]:
     """The run's image limits for vLLM's own processor, so rollout and trainer see the same image tokens
-    (TRL has no such setting, TRL issue 6401; a mismatch is vLLM issue 13285's placeholder error)."""
+    (TRL has no such setting, TRL issue 6401; a mismatch is vLLM issue 13285's placeholder error).
+
+    With a context (``rollout.max_model_len``) the largest image is also capped to what fits in it: vLLM
+    profiles its memory at start-up with a dummy image at ``max_pixels``, and with ``max_pixels`` null
+    (Qwen's 12845056 = 16384 tokens) against ClevrCount's 1024 that dummy prompt cannot fit. The cap never
+    changes a training image: mmr1 resizes every image itself, and the pre-flight refuses any prompt whose
+    image tokens leave no room in the context, so each real image is within (max_model_len - 1) tokens.
+
+    >>> from omegaconf import OmegaConf
+    >>> _mm_processor_kwargs(OmegaConf.create({"max_pixels": None, "min_pixels": None}), 1024)["max_pixels"]
+    802032
+    """
     from mmr1.data import resolve_pixel_limits
+    from mmr1.data.images import FACTOR
 
     limits = resolve_pixel_limits(model.max_pixels, model.min_pixels)
-    return {"min_pixels": limits.min_pixels, "max_pixels": limits.max_pixels}
+    max_pixels = limits.max_pixels
+    if max_model_len is not None:
+        max_pixels = min(max_pixels, (max_model_len - 1) * FACTOR * FACTOR)
+    return {"min_pixels": min(limits.min_pixels, max_pixels), "max_pixels": max_pixels}
 
 
 def server_command(cfg: DictConfig, model_path: str | None = None) -> list[str]:
@@ -69,7 +84,8 @@ def server_command(cfg: DictConfig, model_path: str | None = None) -> list[str]:
     if cfg.model.trust_remote_code:
         cmd += ["--trust_remote_code", "true"]
     # Unknown to `trl vllm-serve`, forwarded by it to `vllm serve` as they are.
-    cmd += [f"--mm-processor-kwargs={json.dumps(_mm_processor_kwargs(cfg.model), sort_keys=True)}"]
+    mm_kwargs = _mm_processor_kwargs(cfg.model, r.max_model_len)
+    cmd += [f"--mm-processor-kwargs={json.dumps(mm_kwargs, sort_keys=True)}"]
     return cmd + [str(a) for a in r.server_extra_args]
 
 

@@ -1,0 +1,110 @@
+"""``+preset=rehearsal``: an experiment's exact configuration, run for real on a CPU.
+
+A dry run proves that a configuration composes; a rehearsal proves that it runs. Only what needs GPUs or
+downloads is swapped, each swap recorded (key, experiment value, rehearsal value), printed at start and
+written to ``rehearsal.json``:
+
+- the weights: the embedded tiny Qwen2.5-VL in float32, keeping the experiment's processor limits
+  (``model.min_pixels``/``max_pixels``) and its warm-start setting;
+- vLLM: transformers generate with the same sampling settings and the same context rule
+  (``rollout.max_model_len`` still ends completions, mmr1.grpo_trainer);
+- DeepSpeed: off; the launcher: this one process;
+- the layout: the experiment's N trainer ranks become gradient accumulation in one process (N x
+  ``gradient_accumulation_steps``; the eval batch N x as large), so each optimizer step sees the same
+  generation batch (prompts x num_generations: ClevrCount 4 x 24, GeoQA and Open R1 12 x 8) and averages
+  the same number of micro-batch losses of the same size (the seed's per-device bnpo normalisation);
+- steps: ``rehearsal.max_steps`` optimizer steps, evaluating (one eval batch) and saving once at the end;
+- data: a hub source becomes the task's offline stand-in (same columns and solution format); a
+  ``dataset.source=local`` copy of the hub files is used as it is.
+
+Everything else (rewards, prompts, loss, beta, epsilon, scale_rewards, num_iterations, lengths, sampling,
+dataloader workers, logging) is the experiment's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("mmr1.rehearsal")
+HUB_SOURCES = ("hf", "modelscope")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key)
+    return getattr(value, "value", value)  # enums read back as their names
+
+
+def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Turn ``cfg`` (an experiment with ``rehearsal.enabled``) into its CPU rehearsal, in place; idempotent.
+
+    Returns the swaps (``{"key", "experiment", "rehearsal"}``), also kept in ``cfg.rehearsal.swaps``."""
+    if not cfg.rehearsal.enabled or cfg.rehearsal.applied:
+        return list(OmegaConf.to_container(cfg.rehearsal.swaps))
+    swaps: list[dict[str, Any]] = []
+
+    def swap(key: str, value: Any) -> None:
+        old = _get(cfg, key)
+        if old != value:
+            OmegaConf.update(cfg, key, value, merge=False)
+            swaps.append({"key": key, "experiment": old, "rehearsal": value})
+
+    launcher = cfg.launcher
+    world = (launcher.nproc_per_node or 1) * (launcher.nnodes or 1)
+    t = cfg.trainer
+    steps = int(cfg.rehearsal.max_steps)
+    # Weights, precision, rollouts, DeepSpeed, processes: what needs a GPU or a download.
+    swap("model.name_or_path", "tiny_qwen2_5_vl")
+    swap("model.torch_dtype", "float32")
+    swap("model.attn_implementation", None)
+    swap("trainer.bf16", False)
+    swap("rollout.backend", "hf")
+    swap("rollout.vllm_mode", None)
+    # Long completions on a CPU: a preallocated KV cache instead of one concatenation per token (same model, same sampling).
+    swap("rollout.cache_implementation", "static")
+    swap("deepspeed.enabled", False)
+    swap("launcher.name", "local")
+    swap("launcher.nproc_per_node", 1)
+    if (launcher.nnodes or 1) != 1:
+        swap("launcher.nnodes", 1)
+    # The N-rank layout as accumulation in one process: same generation batch, same micro-batches.
+    swap("trainer.gradient_accumulation_steps", t.gradient_accumulation_steps * world)
+    swap("trainer.per_device_eval_batch_size", t.per_device_eval_batch_size * world)
+    swap("trainer.max_steps", steps)
+    if t.save_strategy == "steps":
+        swap("trainer.save_steps", steps)
+    evaluates = t.eval_strategy == "steps"
+    if evaluates:
+        swap("trainer.eval_steps", steps)
+    # Data: enough rows for the steps (one generation batch serves num_iterations steps) and one eval batch.
+    prompts_per_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps // t.num_generations
+    train_rows = prompts_per_batch * math.ceil(steps / t.num_iterations)
+    eval_rows = t.per_device_eval_batch_size // (t.num_generations_eval or t.num_generations) if evaluates else 0
+    if _get(cfg, "dataset.source") in HUB_SOURCES:
+        swap("dataset.source", "synthetic")
+        swap("dataset.num_samples", train_rows)
+    swap("dataset.eval_size", eval_rows)
+    cfg.rehearsal.swaps = swaps
+    cfg.rehearsal.applied = True
+    return swaps
+
+
+def swap_table(swaps: list[dict[str, Any]]) -> str:
+    rows = [("key", "experiment", "rehearsal")] + [(s["key"], repr(s["experiment"]), repr(s["rehearsal"]))
+                                                   for s in swaps]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def announce(cfg: DictConfig) -> None:
+    """Apply the rehearsal (if asked for) and print what it swapped; everything else is the experiment's."""
+    if not cfg.rehearsal.enabled:
+        return
+    swaps = apply_rehearsal(cfg)
+    print(f"mmr1 rehearsal: the experiment's configuration on this CPU, {len(swaps)} settings swapped "
+          f"(everything else as the experiment has it):\n{swap_table(swaps)}", flush=True)
