@@ -1,8 +1,15 @@
 """A reward that raises and one that sleeps forever, inside a 2-step tiny GRPO run: the run completes
-and `metrics.jsonl` carries their counts (`rewards/<name>/errors|timeouts`)."""
+and `metrics.jsonl` carries their counts (`rewards/<name>/errors|timeouts`). Rewards that hang on
+every item, on some, or inside C code with signals blocked, with full worker pipes: the run still
+completes within its batch timeouts; SIGTERM during such a call checkpoints and exits 143."""
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +57,93 @@ def test_faulty_rewards_are_counted_and_the_run_completes(tmp_path):
     failures = [json.loads(line) for line in (run_dir / "reward_failures.jsonl").read_text().splitlines()]
     assert {f["reward"] for f in failures} <= {"fault_raises", "fault_sleeps"} and failures
     assert (run_dir / "run_info.json").exists()
+
+
+# --- Issue 17: a reward that hangs cannot hang training. Images of 168 px make each item's
+# pickled inputs ~86 KB, so the items queued behind a hung one fill its worker's 64 KiB pipe: the
+# old sandbox then blocked forever in its send (step 1 never finished). Runs go through the CLI
+# with a timeout, so a regression fails instead of hanging CI.
+
+HANG = [
+    "trainer.max_steps=2",
+    "trainer.logging_steps=1",
+    "dataset.image_size=168",
+    f"reward.plugins=[{PLUGIN}]",
+    "reward.timeout_s=2",
+    "reward.batch_timeout_s=6",
+    "reward.all_zero_patience=0",
+]
+
+
+def _hang_overrides(name: str, run_dir: Path) -> list[str]:
+    from testkit import TINY
+
+    return [*TINY, *HANG, f"reward.funcs=[format,{name}]", f"hydra.run.dir={run_dir}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fault_sleeps", "fault_hangs_on_some", "fault_hangs_in_c"])
+def test_a_reward_that_hangs_cannot_hang_training(tmp_path, name):
+    from mmr1.tracking.metrics import read_metrics
+    from testkit import run_cli
+
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    run_cli(_hang_overrides(name, run_dir), env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    elapsed = time.monotonic() - t0
+
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if f"rewards/{name}/timeouts" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row[f"rewards/{name}/timeouts"] > 0 and row[f"rewards/{name}/errors"] == 0
+        assert "rewards/format/mean" in row
+        if name == "fault_hangs_on_some":
+            assert row[f"rewards/{name}/mean"] > 0  # the items that did not hang were scored
+        else:
+            assert row[f"rewards/{name}/mean"] == 0  # failure_reward for every item
+    failures = [json.loads(line) for line in (run_dir / "reward_failures.jsonl").read_text().splitlines()]
+    assert failures and {f["kind"] for f in failures} == {"timeout"}
+    # Two calls of at most batch_timeout_s (6 s) each, plus start-up; generous for a loaded CI box.
+    assert elapsed < 200, f"{elapsed:.0f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["trainer", "process group"])
+def test_sigterm_during_a_hung_reward_call_checkpoints_and_exits_143(tmp_path, to):
+    from mmr1.reliability.checkpoints import MARKER
+    from testkit import REPO
+
+    run_dir, sentinel = tmp_path / "run", tmp_path / "hanging"
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MMR1_TEST_HANG_SENTINEL": str(sentinel)}
+    # A scheduler (or `timeout`) signals the whole process group: the reward workers get it too.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmr1.train", *_hang_overrides("fault_sleeps", run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not sentinel.exists():  # a worker is now stuck inside the reward, in step 1
+            assert proc.poll() is None, proc.communicate()[1][-6000:]
+            assert time.monotonic() < deadline, "the reward was never called"
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        if to == "trainer":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 143, err[-6000:]
+    assert "Interrupted at step 1" in out, out[-3000:]
+    assert (run_dir / "checkpoint-1" / MARKER).exists()
+    assert json.loads((run_dir / "run_info.json").read_text())["status"] == "interrupted"
+    # The step in flight ended when its reward call's batch budget (6 s) ran out, then saved.
+    assert time.monotonic() - signalled < 120

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -9,8 +10,16 @@ from pathlib import Path
 import pytest
 from test_reward_accuracy import generated_cases, seed
 
-from mmr1.rewards import GuardedReward, RewardConfig, RewardWatchdogError, SandboxError, build_reward_funcs
+from mmr1.rewards import (
+    GuardedReward,
+    RewardConfig,
+    RewardWatchdogError,
+    SandboxError,
+    WorkerPool,
+    build_reward_funcs,
+)
 from mmr1.rewards.guard import FailureLog
+from mmr1.rewards.registry import spec
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
 FUNCS = [
@@ -201,3 +210,144 @@ def test_watchdog_warns_then_stops(caplog):
     stop(completions=["no tags"])
     with pytest.raises(RewardWatchdogError, match="format"):
         stop(completions=["no tags"])
+
+
+# --- Issue 17: no reward can hang a call. A reward stuck on an item stops reading its pipe; the
+# items queued behind it (1 MB each here, as an image column can be) fill the 64 KiB pipe, and a
+# blocking send would never return. Each call runs in a thread so that old code fails, not hangs.
+
+BIG = "x" * 2**20
+
+
+def _pool(**kw):
+    pool = WorkerPool(2, [str(PLUGIN)], **kw)
+    assert pool.wait_ready()
+    return pool
+
+
+def _guarded(name, pool, timeout_s, batch_timeout_s):
+    cfg = RewardConfig(funcs=[name], timeout_s=timeout_s, batch_timeout_s=batch_timeout_s, all_zero_patience=0)
+    return GuardedReward(name, spec(name, [PLUGIN]), cfg, pool, FailureLog(None, 0))
+
+
+def _call_bounded(fn, limit_s, **kwargs):
+    """fn(**kwargs) in a thread; fail (rather than hang the suite) if it is not back within limit_s."""
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            out["error"] = exc
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"the reward call did not return within {limit_s} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"], time.monotonic() - t0
+
+
+def _gone(pids):
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("name", ["fault_sleeps", "fault_hangs_in_c"])
+def test_a_hung_reward_with_a_full_pipe_cannot_block_the_call(name):
+    pool = _pool()
+    try:
+        before = pool.pids()
+        guarded = _guarded(name, pool, timeout_s=1.0, batch_timeout_s=4.0)
+        n = 40
+        out, elapsed = _call_bounded(guarded, 4.0 + 60, completions=["a"] * n, blob=[BIG] * n)
+        assert out == [0.0] * n
+        assert guarded.stats["timeouts"] == n and guarded.stats["errors"] == 0
+        assert elapsed < 4.0 + 30  # the batch budget, plus kills and start-ups on a loaded machine
+        assert pool.restarts >= 2  # each hung worker killed at its item deadline, not only at the batch's
+        _gone(before)  # SIGKILL: blocked signals and C code cannot refuse it
+    finally:
+        pool.close()
+
+
+def test_hanging_items_among_good_ones_with_a_full_pipe():
+    pool = _pool()
+    try:
+        guarded = _guarded("plugin_slow_on_marker", pool, timeout_s=1.0, batch_timeout_s=60.0)
+        completions = [f"ok {i}" for i in range(16)]
+        completions[3] = completions[10] = "HANG"
+        completions[10] += " again"  # not a duplicate: scored (and killed) separately
+        out, _ = _call_bounded(guarded, 60 + 60, completions=completions, blob=[BIG] * 16)
+        assert out == [0.0 if "HANG" in c else 1.0 for c in completions]
+        assert guarded.stats["timeouts"] == 2 and guarded.stats["errors"] == 0
+        # The replacements score the next call.
+        assert _call_bounded(guarded, 60, completions=["fine"], blob=[BIG])[0] == [1.0]
+    finally:
+        pool.close()
+
+
+class _Stop(Exception):
+    """What a second Ctrl-C/SIGTERM raises in the trainer (KeyboardInterrupt), without ending pytest."""
+
+
+def test_an_interrupt_during_a_hung_call_leaves_no_stale_work_behind():
+    pool = _pool()
+
+    def stop(signum, frame):
+        raise _Stop
+
+    old = signal.signal(signal.SIGINT, stop)
+    try:
+        before = pool.pids()
+        hung = _guarded("fault_sleeps", pool, timeout_s=30.0, batch_timeout_s=30.0)
+        main = threading.get_ident()
+        threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(_Stop):
+            hung(completions=["a"] * 20, blob=[BIG] * 20)  # in this thread: signals reach the main thread
+        assert time.monotonic() - t0 < 20  # the handler ran at once, not after a budget ran out
+        _gone(before)  # the workers holding the interrupted call's items were killed
+        good = _guarded("plugin_len", pool, timeout_s=10.0, batch_timeout_s=60.0)
+        out, _ = _call_bounded(good, 60, completions=["x" * 100, "x" * 200], blob=[BIG] * 2)
+        assert out == [1.0, 2.0] and good.stats["timeouts"] == good.stats["errors"] == 0
+    finally:
+        signal.signal(signal.SIGINT, old)
+        pool.close()
+
+
+def test_workers_killed_from_outside_mid_call_still_give_every_item_an_outcome():
+    # What a scheduler's SIGTERM to the whole process group did to the old code: its workers died
+    # while the trainer was blocked sending to one of them, their items vanished, and the guard
+    # crashed on a None outcome (AttributeError) instead of the run checkpointing.
+    pool = _pool()
+    try:
+        before = pool.pids()
+        for pid in before:  # workers ignore SIGTERM: the trainer decides when they go
+            os.kill(pid, signal.SIGTERM)
+        guarded = _guarded("fault_sleeps", pool, timeout_s=3.0, batch_timeout_s=6.0)
+
+        def kill_workers():
+            for pid in before:
+                os.kill(pid, signal.SIGKILL)
+
+        threading.Timer(1.0, kill_workers).start()
+        n = 24
+        out, _ = _call_bounded(guarded, 6.0 + 60, completions=["a"] * n, blob=[BIG] * n)
+        assert out == [0.0] * n
+        assert guarded.stats["errors"] >= 2  # the two items the killed workers were on
+        assert guarded.stats["errors"] + guarded.stats["timeouts"] == n
+    finally:
+        pool.close()
+
+
+def test_the_guard_gives_failure_reward_for_an_item_without_outcome():
+    class LosingPool:
+        def run(self, tasks, timeout_s, batch_timeout_s):
+            return [None] * len(tasks)
+
+    guarded = _guarded("plugin_len", LosingPool(), timeout_s=1.0, batch_timeout_s=1.0)
+    assert guarded(completions=["a", "b"]) == [0.0, 0.0]
+    assert guarded.stats["errors"] == 2

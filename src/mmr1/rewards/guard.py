@@ -201,13 +201,19 @@ class GuardedReward:
             first[payload] = task_of[i] = len(tasks)
             tasks.append((self.spec.name, payload))
         if tasks:
+            assert self.pool is not None  # isolated rewards always get a pool (mmr1.rewards.build)
             results = self.pool.run(tasks, self.cfg.timeout_s, self.cfg.batch_timeout_s)
             self.stats["scored_in_workers"] += len(tasks)
             for i, t in task_of.items():
-                outcomes[i] = results[t]
-        return outcomes  # type: ignore[return-value]
+                outcomes[i] = results[t] if t < len(results) else None
+        # Every item gets an Outcome, whatever happened in the sandbox: a missing one once crashed
+        # training here (AttributeError on None) when SIGTERM killed workers mid-call (issue 17).
+        lost = Outcome("error", error="no outcome came back from the reward sandbox")
+        return [lost if o is None else o for o in outcomes]
 
     def _shortcut(self, completion: Any, item: dict) -> float | None:
+        if self.spec.shortcut is None:
+            return None
         try:
             return self.spec.shortcut(completion_text(completion), item)
         except Exception:  # noqa: BLE001 - the worker will score it (and report a real error if there is one)

@@ -4,13 +4,24 @@ Why not `concurrent.futures.ProcessPoolExecutor`: a running future cannot be can
 one of its workers breaks the whole pool. Why `subprocess` + pipes rather than `multiprocessing`:
 workers start with exec (safe next to CUDA and threads, which fork is not), and they do not re-run
 the training script's `__main__`, as spawn would. The deadlines are kept by the calling thread
-with `multiprocessing.connection.wait`, so no signal is involved: any thread, any rank.
+with `poll`, so no signal is involved: any thread, any rank.
+
+No wait is unbounded, sends included: the trainer's ends of the pipes are non-blocking. A worker
+stuck in a reward stops reading its pipe; once 64 KiB of queued items fill it, a blocking send
+would never return and no deadline would ever be checked again (issue 17). So messages are framed
+as `multiprocessing.connection` frames them (the worker reads them with `Connection.recv`), kept
+in a per-worker outbox, and written as far as the pipe takes them whenever `poll` says it has
+room; the worker's answers are read the same way, as far as they have arrived.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
+import select
+import struct
 import subprocess
 import sys
 import threading
@@ -20,13 +31,13 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 _BOOT = "from mmr1.rewards.worker import main; main()"
 _SRC = str(Path(__file__).resolve().parents[2])  # the folder holding the `mmr1` package
 _POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+_READ_MAX = 1 << 20  # bytes read from one worker per wake-up; the rest waits for the next poll
 
 
 class SandboxError(RuntimeError):
@@ -41,9 +52,43 @@ class Outcome:
     seconds: float = 0.0
 
 
+def _frame(obj: Any) -> memoryview:
+    """`obj` as `Connection.send` puts it on the wire: a big-endian length, then the pickle."""
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    n = len(payload)
+    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!i", -1) + struct.pack("!Q", n)
+    return memoryview(header + payload)
+
+
+def _unframe(buf: bytearray) -> list:
+    """The complete messages at the front of `buf` (removed from it); a partial one stays."""
+    messages, at = [], 0
+    while len(buf) - at >= 4:
+        (n,) = struct.unpack_from("!i", buf, at)
+        start = at + 4
+        if n == -1:
+            if len(buf) - start < 8:
+                break
+            (n,) = struct.unpack_from("!Q", buf, start)
+            start += 8
+        if len(buf) - start < n:
+            break
+        messages.append(pickle.loads(buf[start : start + n]))
+        at = start + n
+    del buf[:at]
+    return messages
+
+
 class _Worker:
-    def __init__(self, proc: subprocess.Popen, to_worker: Connection, from_worker: Connection):
-        self.proc, self.to_worker, self.from_worker = proc, to_worker, from_worker
+    def __init__(self, proc: subprocess.Popen, to_fd: int, from_fd: int):
+        self.proc, self.to_fd, self.from_fd = proc, to_fd, from_fd
+        # Non-blocking on the trainer's side only (the worker's ends are other open files).
+        os.set_blocking(to_fd, False)
+        os.set_blocking(from_fd, False)
+        self.outbox = memoryview(b"")  # the unsent rest of the last chunk sent
+        self.written = 0  # bytes written to it, all chunks
+        self.inbox = bytearray()  # answers read, the last one maybe partial
+        self.broken = False  # a write failed (it exited) or its answers were garbled: treated as dead
         self.ready = False
         self.started = time.monotonic()
         self.chunk: deque[int] = deque()  # item indices sent and not answered yet, in the worker's order
@@ -52,17 +97,76 @@ class _Worker:
     def deadline(self, timeout_s: float) -> float:
         return self.since + timeout_s
 
+    def flush(self) -> bool:
+        """Write what the pipe takes now, never waiting; False if the worker's end is gone."""
+        while self.outbox:
+            try:
+                n = os.write(self.to_fd, self.outbox)
+            except BlockingIOError:  # full: poll says when it has room again
+                return True
+            except OSError:  # EPIPE: the worker exited; EBADF: closed
+                self.outbox, self.broken = memoryview(b""), True
+                return False
+            self.outbox = self.outbox[n:]
+            self.written += n
+        return True
+
+    def read(self) -> tuple[list, bool]:
+        """The messages that have arrived, never waiting; and True once the worker's end is closed."""
+        got = 0
+        while got < _READ_MAX:
+            try:
+                data = os.read(self.from_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                return self._messages(), True
+            if not data:
+                return self._messages(), True
+            self.inbox += data
+            got += len(data)
+        return self._messages(), False
+
+    def _messages(self) -> list:
+        try:
+            return _unframe(self.inbox)
+        except Exception:  # noqa: BLE001 - a garbled stream: the worker is killed like a dead one
+            self.inbox.clear()
+            self.broken = True
+            return []
+
+    def close_fds(self) -> None:
+        for fd in (self.to_fd, self.from_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.to_fd = self.from_fd = -1
+
     def kill(self) -> None:
         try:
-            self.proc.kill()
+            self.proc.kill()  # SIGKILL: a reward blocking signals or stuck in C code cannot refuse it
             self.proc.wait(timeout=5)  # reap it: no zombie left behind
         except (OSError, subprocess.TimeoutExpired):
             pass
-        for conn in (self.to_worker, self.from_worker):
-            try:
-                conn.close()
-            except OSError:
-                pass
+        self.close_fds()
+
+
+def _poll(readers: list[_Worker], writers: list[_Worker], timeout_s: float) -> list[tuple[_Worker, bool]]:
+    """Wait at most `timeout_s` for answers (or an end of file) from `readers` or room in the pipes of
+    `writers`; returns (worker, True if its pipe has room). `poll`, not `select`: a trainer can hold
+    more than 1024 file descriptors."""
+    poller, by_fd = select.poll(), {}
+    for worker in readers:
+        if worker.from_fd >= 0:
+            poller.register(worker.from_fd, select.POLLIN)
+            by_fd[worker.from_fd] = (worker, False)
+    for worker in writers:
+        if worker.to_fd >= 0:
+            poller.register(worker.to_fd, select.POLLOUT)
+            by_fd[worker.to_fd] = (worker, True)
+    ms = max(0, math.ceil(timeout_s * 1000))
+    return [by_fd[fd] for fd, _ in poller.poll(ms) if fd in by_fd]
 
 
 def _kill_all(workers: list[_Worker]) -> None:
@@ -111,9 +215,9 @@ class WorkerPool:
         with self._lock:
             self._fill()
             while not all(w.ready for w in self._workers) and time.monotonic() < deadline:
-                starting = {w.from_worker: w for w in self._workers if not w.ready}
-                for conn in wait(list(starting), timeout=max(0.0, deadline - time.monotonic())):
-                    self._receive(starting[conn], [], deque())
+                starting = [w for w in self._workers if not w.ready]
+                for worker, _ in _poll(starting, [], deadline - time.monotonic()):
+                    self._receive(worker, [], deque())
             return all(w.ready for w in self._workers)
 
     def pids(self) -> list[int]:
@@ -135,8 +239,7 @@ class WorkerPool:
             # not its children. Drop the handles without killing, start its own pool.
             self._finalizer.detach()
             for w in self._workers:
-                for conn in (w.to_worker, w.from_worker):
-                    conn.close()
+                w.close_fds()
             self._new_process_state()
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
@@ -168,7 +271,7 @@ class WorkerPool:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        return _Worker(proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
+        return _Worker(proc, to_child_w, from_child_r)
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
@@ -180,60 +283,96 @@ class WorkerPool:
 
         Items go out in chunks (fewer round trips, a worker never waits for the trainer between
         items) and come back one answer each; an item's `timeout_s` runs from the answer before it.
+        Every wait here ends by the nearest deadline, so a call returns within `batch_timeout_s`
+        (plus start-up and kill time) whatever a reward does. An exception from inside the call
+        (a signal handler's KeyboardInterrupt, SandboxError) kills the workers that still hold its
+        items, so no stale answer can reach a later call.
         """
         results: list[Outcome | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         batch_deadline = None
         with self._lock:
-            self._fill()
-            while True:
-                now = time.monotonic()
-                if batch_deadline is None and any(w.ready for w in self._workers):
-                    # The batch budget starts once a worker can take items: waiting for workers
-                    # that an earlier call had to replace is the sandbox's cost, not this reward's
-                    # (it is bounded by start_timeout_s). Replacements within this call do count.
-                    batch_deadline = now + batch_timeout_s
-                self._dispatch(tasks, pending, now)
-                busy = [w for w in self._workers if w.chunk]
-                if not pending and not busy:
-                    break
-                if batch_deadline is not None and now >= batch_deadline:
-                    self._expire_batch(results, pending, busy, now, batch_timeout_s)
-                    break
-                starting = [w.started + self.start_timeout_s for w in self._workers if not w.ready]
-                wake = min(
-                    [w.deadline(timeout_s) for w in busy]
-                    + starting
-                    + ([batch_deadline] if batch_deadline is not None else [])
-                )
-                by_conn = {w.from_worker: w for w in self._workers if w.chunk or not w.ready}
-                for conn in wait(list(by_conn), timeout=max(0.0, wake - now)):
-                    self._receive(by_conn[conn], results, pending)
-                self._expire_items(results, pending, time.monotonic(), timeout_s)
+            try:
+                self._fill()
+                while True:
+                    now = time.monotonic()
+                    if batch_deadline is None and any(w.ready for w in self._workers):
+                        # The batch budget starts once a worker can take items: waiting for workers
+                        # that an earlier call had to replace is the sandbox's cost, not this reward's
+                        # (it is bounded by start_timeout_s). Replacements within this call do count.
+                        batch_deadline = now + batch_timeout_s
+                    self._dispatch(tasks, results, pending, now)
+                    busy = [w for w in self._workers if w.chunk]
+                    if not pending and not busy:
+                        break
+                    if batch_deadline is not None and now >= batch_deadline:
+                        self._expire_batch(results, pending, busy, now, batch_timeout_s)
+                        break
+                    starting = [w.started + self.start_timeout_s for w in self._workers if not w.ready]
+                    wake = min(
+                        [w.deadline(timeout_s) for w in busy]
+                        + starting
+                        + ([batch_deadline] if batch_deadline is not None else [])
+                    )
+                    readers = [w for w in self._workers if w.chunk or not w.ready]
+                    writers = [w for w in self._workers if w.outbox]
+                    for worker, writable in _poll(readers, writers, wake - now):
+                        if worker not in self._workers:  # replaced earlier in this round
+                            continue
+                        if writable:
+                            if not worker.flush():
+                                self._receive(worker, results, pending)
+                        else:
+                            self._receive(worker, results, pending)
+                    self._expire_items(results, pending, time.monotonic(), timeout_s)
+            except BaseException:
+                self._abandon()
+                raise
+        for i, out in enumerate(results):
+            if out is None:  # not expected; an Outcome for every item is the contract callers rely on
+                results[i] = Outcome("error", error="the reward sandbox lost this item (a bug: please report it)")
         return results  # type: ignore[return-value]
 
-    def _dispatch(self, tasks, pending, now) -> None:
+    def _abandon(self) -> None:
+        # Workers holding an interrupted call's items: their answers would belong to no call. Killed
+        # (not replaced: an interrupted run should stop quickly); the next call refills the pool.
+        stale = [w for w in self._workers if w.chunk or w.outbox]
+        for worker in stale:
+            worker.kill()
+        self._workers[:] = [w for w in self._workers if w not in stale]  # in place: the finalizer holds it
+
+    def _dispatch(self, tasks, results, pending, now) -> None:
         # Up to two chunks in flight per worker: the next one is already in the pipe when a worker
         # finishes, so it never idles for a round trip to the trainer (which cost about as much as
         # scoring a chunk of typical items). Timeouts are unaffected: an item's clock starts at the
-        # answer before it, and a killed worker's unstarted items go back to the queue.
-        idle = [w for w in self._workers if w.ready and len(w.chunk) <= self._inflight_room]
-        for worker in idle:
+        # answer before it, and a killed worker's unstarted items go back to the queue. A worker gets
+        # a chunk only once the previous one is all in its pipe: a stuck worker holds at most one
+        # unsent chunk, and its head item's deadline (running all along) gets it killed.
+        for worker in list(self._workers):
             if not pending:
                 return
+            if not worker.ready or worker.broken or worker.outbox or len(worker.chunk) > self._inflight_room:
+                continue
+            idle = not worker.chunk
+            if idle and worker.proc.poll() is not None:  # it died while idle: nothing of this call lost
+                self._replace(worker)
+                continue
             # Guided self-scheduling: big chunks while much is left, single items at the end so
             # one slow item does not leave the other workers idle.
             size = min(8, max(1, len(pending) // (2 * len(self._workers))))
             chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
-            try:
-                worker.to_worker.send([(i, tasks[i][0], tasks[i][1]) for i in chunk])
-            except OSError:  # it died while idle: put the items back, replace the worker
-                pending.extendleft(reversed(chunk))
-                self._replace(worker)
-                continue
-            if not worker.chunk:  # else the head item's clock keeps running from its predecessor's answer
+            worker.outbox = _frame([(i, tasks[i][0], tasks[i][1]) for i in chunk])
+            if idle:  # else the head item's clock keeps running from its predecessor's answer
                 worker.since = now
             worker.chunk.extend(chunk)
+            written = worker.written
+            if worker.flush():
+                continue
+            if idle and worker.written == written:  # it was gone before taking any of it: no charge
+                self._requeue(worker, pending)
+                self._replace(worker)
+            else:
+                self._receive(worker, results, pending)
 
     def _requeue(self, worker: _Worker, pending: deque) -> None:
         # Items the worker had not started yet go back to the front, in order, for another worker.
@@ -241,25 +380,8 @@ class WorkerPool:
         worker.chunk.clear()
 
     def _receive(self, worker: _Worker, results: list, pending: deque) -> None:
-        while True:
-            try:
-                msg = worker.from_worker.recv()
-            except (EOFError, OSError):
-                code = worker.proc.poll()
-                if worker.chunk:
-                    died = f"reward worker died (exit code {code})"
-                    results[worker.chunk.popleft()] = Outcome(
-                        "error", error=died, seconds=time.monotonic() - worker.since
-                    )
-                    self._requeue(worker, pending)
-                elif not worker.ready:
-                    self._start_failures += 1
-                    if self._start_failures >= 3:
-                        raise SandboxError(
-                            f"reward workers keep dying before they are ready (exit code {code})"
-                        ) from None
-                self._replace(worker)
-                return
+        messages, eof = worker.read()
+        for msg in messages:
             if msg[0] == "ready":
                 worker.ready, self._start_failures = True, 0
             elif msg[0] == "fatal":
@@ -272,8 +394,23 @@ class WorkerPool:
                     worker.chunk.popleft()
                     results[index] = Outcome(status, value, error, now - worker.since)
                     worker.since = now
-            if not worker.from_worker.poll():  # drain what is there, then go back to waiting
-                return
+        if not (eof or worker.broken):
+            return
+        # Gone (exited, killed from outside, or its pipe garbled): what it had not answered is lost
+        # with it. The item it was on is charged to it; the others go back to the queue.
+        try:
+            code = worker.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        if worker.chunk:
+            died = f"reward worker died (exit code {code})"
+            results[worker.chunk.popleft()] = Outcome("error", error=died, seconds=time.monotonic() - worker.since)
+            self._requeue(worker, pending)
+        elif not worker.ready:
+            self._start_failures += 1
+            if self._start_failures >= 3:
+                raise SandboxError(f"reward workers keep dying before they are ready (exit code {code})")
+        self._replace(worker)
 
     def _expire_items(self, results: list, pending: deque, now: float, timeout_s: float) -> None:
         for worker in list(self._workers):

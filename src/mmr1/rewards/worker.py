@@ -52,7 +52,11 @@ def main() -> None:
         int(sys.argv[3]),
         sys.argv[4],
     )
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it kills us
+    # Ctrl-C and SIGTERM are the trainer's to handle (finish the step, checkpoint); it kills us with
+    # SIGKILL when done. A scheduler or `timeout` signals the whole process group: without this, the
+    # step in flight would lose its reward workers and score their items as errors.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     tasks, results = Connection(task_fd, writable=False), Connection(result_fd, readable=False)
     try:
