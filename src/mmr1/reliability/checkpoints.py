@@ -6,7 +6,29 @@ N without looking inside: a crash while saving leaves a half checkpoint that aut
 restarts the step counter at 0). mmr1 writes ``mmr1_complete.json`` into the folder after every
 other file is on disk (fsynced), listing each file with its size, the pattern torchtitan (DCP
 ``.metadata``) and verl (a tracker file written after the data) use. A folder without it, or whose
-files no longer match it (truncated, missing), is never resumed from.
+files no longer match it (truncated, missing, altered), is never resumed from.
+
+Content hashes (marker field ``hashes``): one xxh3_128 digest per 16 MiB chunk of every file (blake2b
+when xxhash is missing), computed by rank 0 right after Trainer's save, while the files are still in
+the page cache (Trainer and safetensors write the files themselves: hashing during the write would
+mean patching their writers). Resume re-reads what ``MMR1_CHECKPOINT_VERIFY`` says:
+
+- ``sample`` (default): every file's size; every chunk of each file up to 256 MiB (config, trainer
+  state, RNG, scheduler, GRPO buffer, and the whole tiny model); of larger files the first, the last and
+  every 16th chunk (~1/16 of their bytes). It detects any same-size change in a small file, and in a
+  large one a change inside a sampled chunk, hence every damaged range longer than 240 MiB (zeroed
+  extents after a crash, a copy cut short into a preallocated file, a file swapped for another of the
+  same size) and any damage to a file's first or last 16 MiB (safetensors header, torch zip directory).
+  A single flipped bit in the middle of a large file is found with probability ~1/16 only.
+- ``full``: every chunk of every file (a 3B checkpoint: ~31 GB read per rank).
+- ``sizes``: the size check alone (what earlier markers, without ``hashes``, always get).
+
+Rotation checks sizes only (it runs after every save, over every kept checkpoint).
+
+A save that runs out of disk (``guard_saves``, and the marker write) stops the run with a
+``CheckpointError`` naming the folder and "no space left on device"; the folder never got a marker and
+rank 0 deletes it (a folder left behind by another rank is deleted by the next ``resume=auto``); the
+previous complete checkpoint is untouched (rotation only runs after a marker is written).
 
 Rotation (``save_total_limit``) is done here too, not by Trainer: Trainer's counts half checkpoints
 as real ones (and may delete the last good one to keep a broken one), and cannot know that the
@@ -15,6 +37,8 @@ collapse guard needs the newest checkpoint from before a suspect streak.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -22,8 +46,10 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -31,6 +57,14 @@ log = logging.getLogger("mmr1.reliability")
 
 MARKER = "mmr1_complete.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+# Content hashes: one digest per chunk (a file's digest list); "sample" reads the chunks _sample_chunks picks.
+CHUNK_BYTES = 16 << 20
+SAMPLE_STRIDE = 16  # files of up to 16 chunks (256 MiB) are read whole; larger ones every 16th chunk + the last
+VERIFY_ENV = "MMR1_CHECKPOINT_VERIFY"
+VERIFY_LEVELS = ("sizes", "sample", "full")
+DEFAULT_VERIFY = "sample"
+_BLOCK = 1 << 20  # read size
+_THREADS = max(1, min(8, os.cpu_count() or 1))  # hashlib and xxhash (>= 3) release the GIL
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
             "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -52,7 +86,7 @@ class Verdict:
 
 def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of every ``checkpoint-N`` folder, oldest first."""
-    out = []
+    out: list[tuple[int, Path]] = []
     root = Path(run_dir)
     if not root.is_dir():
         return out
@@ -76,21 +110,124 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_marker(ckpt: str | Path, step: int, extra: dict | None = None, fsync: bool = True) -> Path:
-    """Declare ``ckpt`` complete: fsync its files, then write the marker atomically (tmp + rename)."""
+# --- content hashes -------------------------------------------------------------------------------
+
+def hash_algorithm() -> str:
+    """What new markers record: xxh3_128 (~9 GB/s a core, benchmarks/checkpoint_hash.py), else blake2b."""
+    try:
+        import xxhash  # noqa: F401 - a dependency of datasets; xxhash >= 3 releases the GIL
+    except ImportError:  # pragma: no cover - present wherever datasets is
+        return "blake2b"
+    return "xxh3_128"
+
+
+def new_hasher(algorithm: str) -> Any:
+    if algorithm == "xxh3_128":
+        import xxhash
+
+        return xxhash.xxh3_128()
+    if algorithm == "xxh3_64":
+        import xxhash
+
+        return xxhash.xxh3_64()
+    if algorithm == "blake2b":
+        return hashlib.blake2b(digest_size=16)
+    raise ValueError(f"unknown checkpoint hash algorithm {algorithm!r}")
+
+
+def _can_hash(algorithm: str) -> bool:
+    try:
+        new_hasher(algorithm)
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def chunk_digest(path: Path, index: int, algorithm: str, chunk_bytes: int) -> str:
+    """Digest of bytes ``[index * chunk_bytes, (index + 1) * chunk_bytes)`` of ``path``."""
+    h = new_hasher(algorithm)
+    buf = memoryview(bytearray(min(_BLOCK, chunk_bytes)))
+    with open(path, "rb", buffering=0) as f:
+        f.seek(index * chunk_bytes)
+        left = chunk_bytes
+        while left:
+            n = f.readinto(buf[:min(left, len(buf))])
+            if not n:
+                break
+            h.update(buf[:n])
+            left -= n
+    return h.hexdigest()
+
+
+def _n_chunks(size: int, chunk_bytes: int) -> int:
+    return max(1, -(-size // chunk_bytes))  # an empty file has one (empty) chunk
+
+
+def _sample_chunks(n: int) -> list[int]:
+    """Chunks ``sample`` reads of a file of ``n`` chunks: all of a small file, else every 16th + the last."""
+    if n <= SAMPLE_STRIDE:
+        return list(range(n))
+    return sorted(set(range(0, n, SAMPLE_STRIDE)) | {n - 1})
+
+
+def _digests(jobs: list[tuple[Path, int]], algorithm: str, chunk_bytes: int) -> list[str]:
+    if len(jobs) <= 1 or _THREADS == 1:
+        return [chunk_digest(p, i, algorithm, chunk_bytes) for p, i in jobs]
+    with ThreadPoolExecutor(_THREADS, thread_name_prefix="mmr1-hash") as pool:
+        return list(pool.map(lambda job: chunk_digest(job[0], job[1], algorithm, chunk_bytes), jobs))
+
+
+def hash_files(ckpt: Path, files: dict[str, int], algorithm: str | None = None,
+               chunk_bytes: int | None = None) -> dict[str, Any]:
+    """The marker's ``hashes`` field: every chunk of every file (chunks hashed in parallel threads)."""
+    algorithm, chunk_bytes = algorithm or hash_algorithm(), chunk_bytes or CHUNK_BYTES
+    jobs = [(ckpt / rel, i) for rel, size in files.items() for i in range(_n_chunks(size, chunk_bytes))]
+    found = iter(_digests(jobs, algorithm, chunk_bytes))
+    digests = {rel: [next(found) for _ in range(_n_chunks(size, chunk_bytes))] for rel, size in files.items()}
+    return {"algorithm": algorithm, "chunk_bytes": chunk_bytes, "files": digests}
+
+
+def verify_level(level: str | None = None) -> str:
+    """``level``, else ``$MMR1_CHECKPOINT_VERIFY``, else ``sample``; the same on every rank (env is inherited)."""
+    level = level or os.environ.get(VERIFY_ENV) or DEFAULT_VERIFY
+    if level not in VERIFY_LEVELS:
+        raise CheckpointError(f"{VERIFY_ENV}={level!r}: expected one of {', '.join(VERIFY_LEVELS)}")
+    return level
+
+
+# --- marker -----------------------------------------------------------------------------------------
+
+def write_marker(ckpt: str | Path, step: int, extra: dict | None = None, fsync: bool = True,
+                 hashes: bool = True) -> Path:
+    """Declare ``ckpt`` complete: hash and fsync its files, then write the marker atomically (tmp + rename).
+
+    Hashing reads the files Trainer has just written (page cache): see benchmarks/checkpoint_hash.py.
+    """
     ckpt = Path(ckpt)
     files = _files(ckpt)
+    body: dict[str, Any] = {"step": step, "files": files, "written_at": time.time()}
+    if hashes:
+        started = time.perf_counter()
+        body["hashes"] = hash_files(ckpt, files)
+        took = time.perf_counter() - started
+        total = sum(files.values())
+        log.info("%s: %s of %d file(s), %.1f MB, in %.2f s (%.0f MB/s)", ckpt.name, body["hashes"]["algorithm"],
+                 len(files), total / 1e6, took, total / 1e6 / max(took, 1e-9))
     if fsync:  # a power loss must not leave a marker in front of data still in the page cache
         for rel in files:
             _fsync_file(ckpt / rel)
-    body = {"step": step, "files": files, "written_at": time.time(), **(extra or {})}
+    body.update(extra or {})
     tmp = ckpt / (MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(body, f, indent=1, sort_keys=True)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, ckpt / MARKER)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1, sort_keys=True)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, ckpt / MARKER)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half marker never stays (and never takes disk space)
+        raise
     if fsync:
         _fsync_file(ckpt)  # the rename itself (directory entry)
     return ckpt / MARKER
@@ -103,13 +240,15 @@ def read_marker(ckpt: str | Path) -> dict | None:
         return None
 
 
-def verify(ckpt: str | Path, *, require_marker: bool = True) -> Verdict:
-    """Is ``ckpt`` whole? Marker present and every listed file there with its recorded size.
+def verify(ckpt: str | Path, *, require_marker: bool = True, level: str | None = None) -> Verdict:
+    """Is ``ckpt`` whole? Marker present, every listed file there with its recorded size, and (``level``
+    sample or full, see the module docstring) its recorded content hashes.
 
     Without ``require_marker`` (an explicit ``resume=PATH`` to a folder written by another tool), the
     folder passes on the files Trainer needs to resume exactly, with a warning.
     """
     ckpt = Path(ckpt)
+    level = verify_level(level)
     m = _CKPT.match(ckpt.name)
     step = int(m.group(1)) if m else -1
     if not ckpt.is_dir():
@@ -121,7 +260,8 @@ def verify(ckpt: str | Path, *, require_marker: bool = True) -> Verdict:
         if require_marker:
             return Verdict(ckpt, step, False, f"{ckpt / MARKER} is missing (the save never finished)", True)
         return _verify_legacy(ckpt, step)
-    for rel, size in marker.get("files", {}).items():
+    files = marker.get("files", {})
+    for rel, size in files.items():
         p = ckpt / rel
         try:
             actual = p.stat().st_size
@@ -129,7 +269,46 @@ def verify(ckpt: str | Path, *, require_marker: bool = True) -> Verdict:
             return Verdict(ckpt, step, False, f"{p} is missing")
         if actual != size:
             return Verdict(ckpt, step, False, f"{p} has {actual} bytes, {size} were written (truncated or altered)")
-    return Verdict(ckpt, int(marker.get("step", step)), True)
+    step = int(marker.get("step", step))
+    if level != "sizes":
+        problem = _verify_content(ckpt, files, marker.get("hashes"), level)
+        if problem:
+            return Verdict(ckpt, step, False, problem)
+    return Verdict(ckpt, step, True)
+
+
+def _verify_content(ckpt: Path, files: dict[str, int], hashes: dict | None, level: str) -> str:
+    """The first chunk whose digest differs from the marker's, as a problem line ("" when all match)."""
+    if not hashes:
+        log.warning("%s: its %s has no content hashes (written by an earlier mmr1): checked file sizes only",
+                    ckpt, MARKER)
+        return ""
+    algorithm, chunk_bytes = hashes.get("algorithm", ""), int(hashes.get("chunk_bytes", CHUNK_BYTES))
+    if not _can_hash(algorithm):
+        log.warning("%s: content hashes are %s, which this environment cannot compute (pip install xxhash): "
+                    "checked file sizes only", ckpt, algorithm)
+        return ""
+    recorded = hashes.get("files", {})
+    jobs = []
+    for rel in files:
+        digests = recorded.get(rel) or []
+        picks = range(len(digests)) if level == "full" else _sample_chunks(len(digests))
+        jobs += [(rel, i) for i in picks]
+    started = time.perf_counter()
+    try:
+        found = _digests([(ckpt / rel, i) for rel, i in jobs], algorithm, chunk_bytes)
+    except OSError as err:
+        return f"{ckpt}: a file cannot be read back ({err})"
+    read = sum(min(chunk_bytes, files[rel] - i * chunk_bytes) for rel, i in jobs)
+    took = time.perf_counter() - started
+    log.info("%s: %s check (%s) read %.1f of %.1f MB in %.2f s", ckpt.name, algorithm, level, read / 1e6,
+             sum(files.values()) / 1e6, took)
+    for (rel, i), digest in zip(jobs, found):
+        if digest != recorded[rel][i]:
+            lo, hi = i * chunk_bytes, min((i + 1) * chunk_bytes, files[rel])
+            return (f"{ckpt / rel} has the size that was written but not the content (bytes {lo}-{hi}: {algorithm} "
+                    f"{digest}, {recorded[rel][i]} was written): altered or damaged after the save")
+    return ""
 
 
 def _verify_legacy(ckpt: Path, step: int) -> Verdict:
@@ -143,13 +322,14 @@ def _verify_legacy(ckpt: Path, step: int) -> Verdict:
     return Verdict(ckpt, step, True)
 
 
-def select_checkpoint(run_dir: str | Path, *, before_step: int | None = None) -> tuple[Path | None, list[Verdict]]:
+def select_checkpoint(run_dir: str | Path, *, before_step: int | None = None,
+                      level: str | None = None) -> tuple[Path | None, list[Verdict]]:
     """Newest verified checkpoint (below ``before_step`` if given) and the rejected newer ones."""
-    rejected = []
+    rejected: list[Verdict] = []
     for step, path in reversed(checkpoint_dirs(run_dir)):
         if before_step is not None and step >= before_step:
             continue
-        v = verify(path)
+        v = verify(path, level=level)
         if v.ok:
             return path, rejected
         rejected.append(v)
@@ -184,7 +364,7 @@ def rotate(run_dir: str | Path, limit: int | None, *, keep_before: int | None = 
     if not limit or limit <= 0:
         return []
     dirs = checkpoint_dirs(run_dir)
-    complete = [(s, p) for s, p in dirs if verify(p).ok]
+    complete = [(s, p) for s, p in dirs if verify(p, level="sizes").ok]  # no re-reads after every save
     keep = {p for _, p in complete[-limit:]}
     if keep_before is not None:
         older = [p for s, p in complete if s < keep_before]
@@ -211,6 +391,92 @@ def _barrier() -> None:
         pass
 
 
+# --- a save that runs out of disk -------------------------------------------------------------------
+
+_NO_SPACE = ("no space left on device", "os error 28", "disk quota exceeded", "errno 28")
+
+
+def _is_disk_full(err: BaseException, ckpt: Path) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception chain or message; or a writer that lost the errno (torch.save:
+    "unexpected pos 576 vs 534") while the checkpoint's filesystem is found (nearly) full right after."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(s in str(e).lower() for s in _NO_SPACE):
+            return True
+        e = e.__cause__ or e.__context__
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    from mmr1.run_dir import MIN_FREE_BYTES
+
+    return _free_bytes(ckpt) < MIN_FREE_BYTES
+
+
+def _free_bytes(path: Path) -> int:
+    for p in (path, *path.parents):
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return 1 << 62  # unknown: not reported as full
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def disk_full_error(ckpt: Path, err: BaseException, *, main: bool = True) -> CheckpointError:
+    """The error a run stops with when a save runs out of disk: the folder, the space, the way back.
+
+    Rank 0 (``main``) deletes the unfinished folder first: it can never be resumed from (no marker), and the
+    space it holds is what the failure record (run_info.json) and the other jobs on that disk need.
+    """
+    from mmr1.reliability.resume import resume_command  # resume imports this module
+
+    run_dir = ckpt.parent
+    free = _free_bytes(ckpt)
+    what = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    fate = f"{ckpt.name} is not marked complete and will never be resumed from"
+    if main and ckpt.is_dir():
+        held = _size(ckpt)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if not ckpt.exists():
+            fate = f"The unfinished {ckpt.name} was deleted ({held / 2**20:.0f} MiB)"
+    previous, _ = select_checkpoint(run_dir, level="sizes")
+    back = (f"the newest complete checkpoint, {previous} ({_size(previous) / 2**30:.2f} GiB), is intact: free at "
+            f"least that much space, then resume from it with: {resume_command(run_dir)}"
+            if previous else "there is no earlier complete checkpoint to resume from")
+    return CheckpointError(f"no space left on device while saving {ckpt} ({free / 2**20:.0f} MiB free in {run_dir} "
+                           f"when it failed; the writer said: {what}). {fate}; {back}")
+
+
+def guard_saves(trainer: Any) -> None:
+    """Wrap ``trainer._save_checkpoint``: a stale marker in the target folder goes first (the files are about
+    to be rewritten), and a save that runs out of disk raises ``disk_full_error`` instead of the writer's
+    own message (torch.save's names neither the disk nor the folder)."""
+    if getattr(trainer, "_mmr1_guarded_saves", False):
+        return
+    original = trainer._save_checkpoint
+
+    def save(*args: Any, **kwargs: Any) -> Any:
+        ckpt = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        if trainer.is_world_process_zero():
+            (ckpt / MARKER).unlink(missing_ok=True)
+        try:
+            return original(*args, **kwargs)
+        except Exception as err:
+            if _is_disk_full(err, ckpt):
+                raise disk_full_error(ckpt, err, main=trainer.is_world_process_zero()) from err
+            log.error("saving %s failed: %s", ckpt, err)
+            raise
+
+    trainer._save_checkpoint = save
+    trainer._mmr1_guarded_saves = True
+
+
 class CheckpointCallback(TrainerCallback):
     """After Trainer's save: extra state (``save_extra``), then the marker, then mmr1's rotation.
 
@@ -227,11 +493,38 @@ class CheckpointCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self.save_extra is not None:
-            self.save_extra(ckpt)  # every rank: per-rank state files
-        _barrier()  # every rank's files are written before rank 0 declares the folder complete
+        try:
+            if self.save_extra is not None:
+                self.save_extra(ckpt)  # every rank: per-rank state files
+            _barrier()  # every rank's files are written before rank 0 declares the folder complete
+            if state.is_world_process_zero and ckpt.is_dir():
+                write_marker(ckpt, state.global_step, fsync=self.fsync)
+        except Exception as err:
+            if _is_disk_full(err, ckpt):
+                raise disk_full_error(ckpt, err, main=state.is_world_process_zero) from err
+            raise
         if state.is_world_process_zero and ckpt.is_dir():
-            write_marker(ckpt, state.global_step, fsync=self.fsync)
             for p in rotate(args.output_dir, self.save_total_limit, keep_before=self.keep_before()):
                 log.info("checkpoint rotation (save_total_limit=%s): deleted %s", self.save_total_limit, p)
         _barrier()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmr1.reliability.checkpoints CHECKPOINT... [--level full]``: verify, print, exit 1 if any fails."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mmr1.reliability.checkpoints", description=main.__doc__)
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--level", choices=VERIFY_LEVELS, default="full")
+    ns = parser.parse_args(argv)
+    bad = 0
+    for ckpt in ns.checkpoints:
+        v = verify(ckpt, level=ns.level)
+        bad += not v.ok
+        print(f"{ckpt}: {'ok' if v.ok else 'BAD: ' + v.problem} ({ns.level})")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    raise SystemExit(main())

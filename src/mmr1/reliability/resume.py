@@ -31,8 +31,8 @@ import torch
 
 from mmr1.reliability.checkpoints import (
     CheckpointError,
-    checkpoint_dirs,
     clear_after,
+    guard_saves,
     select_checkpoint,
     set_aside,
     verify,
@@ -126,7 +126,11 @@ def install_weight_loader(trainer: Any) -> None:
     printed, and training goes on from the *initial* weights with the checkpoint's optimizer state.
     ``from_pretrained`` applies the mapping, so the plain single-model case loads through it, strictly.
     DeepSpeed, FSDP and PEFT keep Trainer's own loaders (their checkpoints are not ``save_pretrained``).
+
+    Also installs ``checkpoints.guard_saves`` (the one trainer hook ``run_training`` sets up before any
+    save): a save that runs out of disk stops the run with an error naming the folder.
     """
+    guard_saves(trainer)
     original = trainer._load_from_checkpoint
 
     def load(resume_from_checkpoint: str, model: Any = None) -> None:
@@ -226,7 +230,3 @@ def epochs_trained(trainer: Any, global_step: int, dataloader: Any) -> int:
         return 0
     return global_step // max(batches // ga + int(batches % ga > 0), 1)
 
-
-def latest_step(run_dir: str | Path) -> int:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1][0] if dirs else 0
