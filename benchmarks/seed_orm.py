@@ -1,7 +1,8 @@
 # ruff: noqa  -- a verbatim copy of the seed: its style is the point, not ours
 """The seed's accuracy reward, kept verbatim as the reference mmr1 must equal.
 
-Source: /work/shared/seed/multimodal-grpo-workflow.md ("Reward Function Definition"), i.e. ms-swift's
+Source: the seed, ms-swift's docs/source_en/BestPractices/GRPO-Multi-Modal-Training.md ("Reward Function
+Definition"), i.e. ms-swift's
 `examples/train/grpo/plugin/plugin.py`. Only the two names it takes from ms-swift (`ORM`, `orms`)
 are stubbed here; the class body below is the seed's code, unchanged. Do not edit it.
 """

@@ -4,15 +4,16 @@ flag onto the exact GRPOConfig keyword it corresponds to."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from testkit import EXPERIMENTS, compose_cfg, run_cli
 from mmr1.config.grpo_args import build_grpo_kwargs
 from mmr1.train import train
+from testkit import EXPERIMENTS, compose_cfg, run_cli
 
-# The seed's three commands (shared/seed/multimodal-grpo-workflow.md), flag by flag, as GRPOConfig values.
+# The seed's three commands (ms-swift docs/source_en/BestPractices/GRPO-Multi-Modal-Training.md), flag by flag.
 COMMON = {
     "learning_rate": 1e-6, "beta": 0.001, "max_completion_length": 1024, "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8, "gradient_accumulation_steps": 2, "num_train_epochs": 1,
@@ -22,7 +23,7 @@ COMMON = {
     # Left to ms-swift v3.2.1's defaults by the seed (conf/recipe/ms_swift_v3_2_1.yaml cites each file:line).
     "loss_type": "bnpo", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.1,
     "lr_scheduler_type": "cosine", "top_k": 50, "top_p": 0.9, "epsilon": 0.2, "scale_rewards": "group",
-    "gradient_checkpointing": True, "seed": 42, "mask_truncated_completions": False,
+    "activation_checkpointing": True, "seed": 42, "mask_truncated_completions": False,
 }
 SEED = {
     "clevr_count": {**COMMON, "save_steps": 1000, "eval_steps": 1000, "warmup_steps": 0.01, "num_generations": 24,
@@ -86,7 +87,7 @@ def test_tiny_default_maps_trl_defaults_that_differ_from_the_seed():
     args = build_grpo_kwargs(cfg, "/tmp/x")
     # TRL's defaults: loss_type="dapo", gradient_checkpointing=True, IS correction on. The tiny job sets each.
     assert args["loss_type"] == "grpo"
-    assert args["gradient_checkpointing"] is False
+    assert args["activation_checkpointing"] is False and "gradient_checkpointing" not in args
     assert args["vllm_importance_sampling_correction"] is False
     assert args["logging_nan_inf_filter"] is False
     assert args["remove_unused_columns"] is False
@@ -95,3 +96,35 @@ def test_tiny_default_maps_trl_defaults_that_differ_from_the_seed():
 def test_max_grad_norm_none_disables_clipping():
     cfg = compose_cfg(["optimizer.max_grad_norm=null"])
     assert build_grpo_kwargs(cfg, "/tmp/x")["max_grad_norm"] == 0.0
+
+
+# Groups whose options are plain deltas over the typed schema (experiment/preset/recipe/sweep files are
+# diffs across groups, checked by the tests above).
+GROUPS = ["model", "dataset", "reward", "rollout", "optimizer", "trainer", "logger", "launcher", "deepspeed",
+          "guard"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_yamls_are_deltas_over_the_schema(group):
+    """One home for defaults: a group option sets no key to the value it would have anyway."""
+    from dataclasses import fields
+
+    from mmr1.config import CONF_DIR
+    from mmr1.config.schema import TrainConfig
+
+    schema_type = {f.name: f for f in fields(TrainConfig)}[group].default_factory
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        yaml = OmegaConf.load(path)
+        parents = [d for d in yaml.pop("defaults", []) if d != "_self_"]
+        # An option extending another (synthetic_count extends clevr_count) is a delta over its parent.
+        base = compose_cfg([f"{group}={parents[0]}"])[group] if parents else OmegaConf.structured(schema_type)
+        for key, value in _leaves(OmegaConf.to_container(yaml)):
+            assert OmegaConf.select(base, key) != value, f"{path.name}: {key}={value!r} repeats the default"
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], node

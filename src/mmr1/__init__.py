@@ -2,6 +2,7 @@
 
 import os
 import sys
+from typing import Any
 
 # No background thread of the Hugging Face hub while a run sets itself up. TRL's trainers send usage
 # telemetry from a thread they start in `__init__` (trl/trainer/base_trainer.py `_send_telemetry` ->
@@ -14,4 +15,5 @@ import sys
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 if "huggingface_hub.constants" in sys.modules:  # imported before mmr1: its constant is already read
     flag = os.environ["HF_HUB_DISABLE_TELEMETRY"].upper() in {"1", "ON", "YES", "TRUE"}
-    sys.modules["huggingface_hub.constants"].HF_HUB_DISABLE_TELEMETRY = flag
+    hub_constants: Any = sys.modules["huggingface_hub.constants"]
+    hub_constants.HF_HUB_DISABLE_TELEMETRY = flag

@@ -26,10 +26,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from mmr1.config import register_configs
+from mmr1.config import CONF_DIR, register_configs
 from mmr1.config.schema import TrainConfig
 from mmr1.models.generation import generate
-from mmr1.train import CONF_DIR
 
 log = logging.getLogger("mmr1.evaluate")
 
@@ -110,15 +109,12 @@ def summarize(completions: list[dict], acc: str, fmt: str | None, names: list[st
 
 def resolve_target(cfg: DictConfig, limits) -> tuple[str, str, Path | None]:
     """(model path, processor path, run dir the result belongs to or None)."""
-    from mmr1.models import load_processor, resolve_model_path
-    from mmr1.models.warmstart import maybe_warmstart
+    from mmr1.models import resolve_model_path
+    from mmr1.policy import prepare_policy
 
     ckpt = cfg.eval.checkpoint
     if ckpt is None:
-        base = resolve_model_path(cfg.model)
-        processor = load_processor(base, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                                   trust_remote_code=cfg.model.trust_remote_code)
-        start = maybe_warmstart(cfg, base, processor, limits)
+        start = prepare_policy(cfg).path  # the model GRPO would start from (its warm-start, if any)
         return start, start, None
     path = Path(ckpt).expanduser()
     if path.is_dir() and (path / "final").is_dir():

@@ -29,6 +29,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmr1.typed import container
+
 log = logging.getLogger("mmr1.rehearsal")
 HUB_SOURCES = ("hf", "modelscope")
 
@@ -41,16 +43,17 @@ def _get(cfg: DictConfig, key: str) -> Any:
 def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     """Turn ``cfg`` (an experiment with ``rehearsal.enabled``) into its CPU rehearsal, in place; idempotent.
 
-    Returns the swaps (``{"key", "experiment", "rehearsal"}``), also kept in ``cfg.rehearsal.swaps``."""
+    Returns the swaps (``{"setting", "experiment", "rehearsal"}``: not "key", a name the secret redaction
+    blanks), also kept in ``cfg.rehearsal.swaps``."""
     if not cfg.rehearsal.enabled or cfg.rehearsal.applied:
-        return list(OmegaConf.to_container(cfg.rehearsal.swaps))
+        return list(container(cfg.rehearsal)["swaps"])
     swaps: list[dict[str, Any]] = []
 
     def swap(key: str, value: Any) -> None:
         old = _get(cfg, key)
         if old != value:
             OmegaConf.update(cfg, key, value, merge=False)
-            swaps.append({"key": key, "experiment": old, "rehearsal": value})
+            swaps.append({"setting": key, "experiment": old, "rehearsal": value})
 
     launcher = cfg.launcher
     world = (launcher.nproc_per_node or 1) * (launcher.nnodes or 1)
@@ -63,7 +66,8 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     swap("trainer.bf16", False)
     swap("rollout.backend", "hf")
     swap("rollout.vllm_mode", None)
-    # Long completions on a CPU: a preallocated KV cache instead of one concatenation per token (same model, same sampling).
+    # Long completions on a CPU: a preallocated KV cache instead of one concatenation per token
+    # (same model, same sampling).
     swap("rollout.cache_implementation", "static")
     swap("deepspeed.enabled", False)
     swap("launcher.name", "local")
@@ -93,7 +97,7 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def swap_table(swaps: list[dict[str, Any]]) -> str:
-    rows = [("key", "experiment", "rehearsal")] + [(s["key"], repr(s["experiment"]), repr(s["rehearsal"]))
+    rows = [("setting", "experiment", "rehearsal")] + [(s["setting"], repr(s["experiment"]), repr(s["rehearsal"]))
                                                    for s in swaps]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

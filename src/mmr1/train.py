@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mmr1.config import register_configs
+from mmr1.config import CONF_DIR, register_configs
 from mmr1.config.grpo_args import build_grpo_kwargs
 from mmr1.run_dir import prepare_run_dir, write_config, write_json
 from mmr1.tracking.secrets import protect_run_dir
+from mmr1.typed import container
 
 log = logging.getLogger("mmr1.train")
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 register_configs()
 
@@ -53,8 +54,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.deepspeed.enabled:
             write_deepspeed_config(cfg.deepspeed, run_dir)  # what grpo_kwargs["deepspeed"] points to
     if cfg.dry_run:
-        write_launch_plan(cfg, run_dir)  # launch.json; a layout that cannot work fails here
-        _print_summary(cfg, grpo_kwargs, limits, run_dir)
+        from mmr1.checks import check_runnable
+
+        check_runnable(cfg)  # what the real run would fail on later: dataset files, system prompt, run dir
+        _, layout = write_launch_plan(cfg, run_dir)  # launch.json; a layout that cannot work fails here
+        _print_summary(cfg, grpo_kwargs, limits, run_dir, world_size=layout.world_size)
         return {}
     from mmr1.reliability import resolve_resume, run_training
 
@@ -66,15 +70,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mmr1.data import build_datasets
     from mmr1.data.preflight import data_skips_long_prompts, preflight
     from mmr1.grpo_trainer import Mmr1GRPOTrainer
-    from mmr1.models import load_model, load_processor, resolve_model_path
-    from mmr1.models.warmstart import maybe_warmstart
+    from mmr1.models import load_model
+    from mmr1.policy import prepare_policy, warm_start
     from mmr1.tracking.curves import plot_curves
     from mmr1.tracking.metrics import MetricsJsonlCallback, read_metrics
+    from mmr1.tracking.quiet import weight_bars_off
+    from mmr1.tracking.summary import build_summary, warmstart_gate
 
     seed = cfg.trainer.seed
-    model_path = resolve_model_path(cfg.model)
-    processor = load_processor(model_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                               trust_remote_code=cfg.model.trust_remote_code)
+    policy = prepare_policy(cfg, warmstart=False)  # the warm-start (minutes) waits until the data is known good
+    processor = policy.processor
     data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
     # Every prompt, measured with its own image's tokens, against trainer.max_length and the rollout context,
     # before any GPU work (mmr1.data.preflight); over-long rows are named (or skipped, dataset.on_long_prompt).
@@ -83,8 +88,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     max_completion_length=cfg.trainer.max_completion_length,
                     skip=data_skips_long_prompts(cfg.dataset))
     if main_rank:
-        write_json(run_dir / "preflight.json", dataclasses.asdict(fit))  # longest prompt, completion cap, skipped rows
-    model_path = maybe_warmstart(cfg, model_path, processor, limits)
+        # The longest prompt, the completion room it leaves, the rows skipped.
+        write_json(run_dir / "preflight.json", dataclasses.asdict(fit))
+    policy = warm_start(cfg, policy)
+    model_path = policy.path
     model = load_model(model_path, cfg.model)
 
     metrics_cb = MetricsJsonlCallback(run_dir)
@@ -109,29 +116,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         setup_wandb(cfg, run_dir)  # offline without a key; grouped by sweep, named by overrides
     # trainer.train inside resume, atomic checkpoints, the collapse guard and Ctrl-C (mmr1.reliability).
-    outcome = run_training(trainer, cfg, run_dir, resume, metrics_cb)
-    # Every rank: under ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes on rank 0.
-    trainer.save_model(str(run_dir / "final"))
+    # transformers' "Writing model shards" bar at every checkpoint would break the training bar (mmr1.tracking.quiet).
+    with weight_bars_off():
+        outcome = run_training(trainer, cfg, run_dir, resume, metrics_cb)
+        # Every rank: under ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes on rank 0.
+        trainer.save_model(str(run_dir / "final"))
+    gate = warmstart_gate(model_path)  # the warm-start's greedy held-out accuracy: the starting reference
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(run_dir / "final"))
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", events=outcome.events)
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", events=outcome.events,
+                    beta=cfg.trainer.beta, warmstart_gate=gate)
     rows = read_metrics(run_dir / "metrics.jsonl")
     final = rows[-1] if rows else {}
     if trainer.is_world_process_zero():
+        info = {"status": outcome.status, "steps": trainer.state.global_step,
+                "wall_time_s": round(time.time() - started, 1), "world_size": trainer.args.world_size}
         write_json(run_dir / "run_info.json", {
-            "status": outcome.status, "steps": trainer.state.global_step,
-            "wall_time_s": round(time.time() - started, 1),
-            "world_size": trainer.args.world_size, "model_path": model_path,
+            **info, "model_path": model_path,
+            # What main() prints before "Run directory: ..." (mmr1.tracking.summary).
+            "summary": build_summary(run_dir, **info, max_steps=trainer.state.max_steps, warmstart_gate=gate),
         })
     return final
 
 
-def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) -> None:
+def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path, world_size: int | None = None) -> None:
     keys = ["learning_rate", "beta", "loss_type", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_completion_length", "num_iterations", "max_grad_norm",
             "temperature", "repetition_penalty", "use_vllm", "vllm_mode"]
     print(f"mmr1 dry run: model={cfg.model.name_or_path} dataset={cfg.dataset.name} "
-          f"(source={OmegaConf.to_container(cfg.dataset, enum_to_str=True)['source']}) "
+          f"(source={container(cfg.dataset, enum_to_str=True)['source']}) "
           f"rewards={list(cfg.reward.funcs)} rollout={cfg.rollout.backend}"
           f"{'/' + cfg.rollout.vllm_mode if cfg.rollout.vllm_mode else ''} "
           f"deepspeed={'zero' + str(cfg.deepspeed.stage) if cfg.deepspeed.enabled else 'off'}")
@@ -139,15 +152,23 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path) ->
     for k in keys:
         if k in grpo_kwargs:
             print(f"  {k} = {grpo_kwargs[k]}")
+    from mmr1.launch.memory import memory_summary
+
+    # Memory before money: per-GPU model states, activations and the vLLM share for the planned layout.
+    print(memory_summary(cfg, max_pixels=limits.max_pixels, world_size=world_size))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from mmr1.tracking.quiet import install as quiet_install
+
+    quiet_install()  # only the library warnings mmr1 itself causes (mmr1.tracking.quiet names each)
     from mmr1.rehearsal import announce
 
     announce(cfg)  # +preset=rehearsal: swap what needs GPUs or downloads, before the launcher counts processes
     from mmr1.launch import is_main_process, launch
+    from mmr1.launch.layout import LAUNCHED_ENV
     from mmr1.reliability.lock import hold_run_dir
 
     # One run per directory: a second one fails here (RunDirLocked), outside the try, so it writes nothing there.
@@ -162,7 +183,10 @@ def main(cfg: DictConfig) -> float | None:
         raise
     finally:
         run_lock.release()  # after record_failure, so that run_info.json is still written under the lock
-    print(f"Run directory: {Path(cfg.run_dir).resolve()}")
+    if is_main_process() and os.environ.get(LAUNCHED_ENV) != "1":  # once: not from each rank mmr1 launched
+        from mmr1.tracking.summary import print_ending
+
+        print_ending(cfg.run_dir, with_summary=not cfg.dry_run)  # the summary, then "Run directory: ..." last
     reward = final.get("reward")
     return float(reward) if isinstance(reward, (int, float)) else None
 

@@ -3,8 +3,8 @@
 The seed starts GRPO from an Instruct model "to rapidly achieve format rewards". The embedded tiny
 model starts from random weights, where GRPO sees no reward signal for hundreds of steps. The tiny
 analogue of "Instruct" is a short SFT on synthetic answers that teaches the R1 format and then stops
-on an accuracy gate, so the model it hands to GRPO is imperfect at the task (notes/tiny-vlm-facts.md:
-on the 3x3 grid scenes SFT jumps from chance to perfect within ~50 steps somewhere past step 100;
+on an accuracy gate, so the model it hands to GRPO is imperfect at the task (measured: on the 3x3 grid
+scenes SFT jumps from chance to perfect within ~50 steps somewhere past step 100;
 stopping at ~0.45 greedy accuracy leaves GRPO the rest of the way).
 """
 
@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from mmr1.models.tiny import cache_root
+from mmr1.typed import container
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,12 @@ def target_completion(solution: str, think: str) -> str:
 
 def _recipe(cfg: DictConfig, base_path: str, limits) -> dict[str, Any]:
     base = Path(base_path) / "mmr1_recipe.json"
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
+    dataset = container(cfg.dataset, enum_to_str=True)
     return {
         "version": WARMSTART_VERSION,
         "base": base.read_text() if base.exists() else base_path,
         "warmstart": OmegaConf.to_container(cfg.model.warmstart, resolve=True),
-        "task": {k: dataset.get(k) for k in ("name", "image_size", "query_suffix", "system_prompt")},
+        "task": {k: dataset.get(k) for k in ("name", "generator", "image_size", "query_suffix", "system_prompt")},
         "pixels": [limits.min_pixels, limits.max_pixels],
     }
 
@@ -73,6 +74,7 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     from trl import SFTConfig, SFTTrainer
 
     from mmr1.data import build_datasets
+    from mmr1.tracking.quiet import weight_bars_off
 
     ws = cfg.model.warmstart
     ds_cfg = OmegaConf.merge(cfg.dataset, {"source": "synthetic", "num_samples": ws.num_samples + ws.gate_samples,
@@ -83,6 +85,7 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
                              "content": [{"type": "text", "text": target_completion(r["solution"], ws.think)}]}]}
             for r in data.train]
     train_ds = datasets.Dataset.from_list(rows)
+    assert data.eval is not None  # ds_cfg above always holds out the gate's rows
     gate_rows = [{"prompt": r["prompt"], "image": r["image"], "solution": r["solution"]} for r in data.eval]
 
     torch.manual_seed(ws.seed)
@@ -92,16 +95,19 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     args = SFTConfig(
         output_dir=str(tmp), max_steps=ws.max_steps, per_device_train_batch_size=ws.batch_size,
         learning_rate=ws.learning_rate, warmup_steps=ws.warmup_steps, lr_scheduler_type="constant_with_warmup",
-        logging_steps=25, save_strategy="no", report_to="none", gradient_checkpointing=False, bf16=False,
+        logging_steps=25, save_strategy="no", report_to="none", activation_checkpointing=False, bf16=False,
         completion_only_loss=True, max_length=None, seed=ws.seed, dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_pin_memory=torch.accelerator.is_available(),  # torch warns about pinning without an accelerator
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                          callbacks=[gate])
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's log dicts; AccuracyGate logs the progress that matters
     trainer.train()
     report = {"steps": trainer.state.global_step, "gate_accuracy": gate.last_accuracy,
               "gate_history": gate.history, "recipe_hash": out.name}
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    model.save_pretrained(staging)
+    with weight_bars_off():  # no "Writing model shards" bar (mmr1.tracking.quiet)
+        model.save_pretrained(staging)
     processor.save_pretrained(staging)
     base_recipe = Path(base_path) / "mmr1_recipe.json"
     if base_recipe.exists():

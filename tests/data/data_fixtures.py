@@ -19,8 +19,10 @@ SUFFIX = " Output the thinking process in <think> </think> and\n final answer (n
 # "<answer> 3 </answer>" with spaces, GeoQA-R1V's "<answer> 70° </answer>" with the unit, Open R1's
 # reasoning solution plus the source question/answer columns.
 TASK_ROWS = {
-    "clevr_count": lambda i: {"problem": "How many items are there in the image?", "solution": f"<answer> {3 + i % 5} </answer>"},
-    "geoqa": lambda i: {"problem": f"As shown in the figure, angle A is {30 + i}°. Find angle B.", "solution": f"<answer> {60 - i}° </answer>"},
+    "clevr_count": lambda i: {"problem": "How many items are there in the image?",
+                              "solution": f"<answer> {3 + i % 5} </answer>"},
+    "geoqa": lambda i: {"problem": f"As shown in the figure, angle A is {30 + i}°. Find angle B.",
+                        "solution": f"<answer> {60 - i}° </answer>"},
     "openr1_mm": lambda i: {
         "problem": f"Based on the chart, what is the value of bar {i}?",
         "solution": f"<think>The chart shows bar {i} reaching {i}.</think>\n\n<answer>{i}</answer>",
@@ -29,7 +31,8 @@ TASK_ROWS = {
 }
 # The hub's images: CLEVR's are 480x320 RGBA PNGs named CLEVR_trainA_<n>.png; the others vary in size.
 TASK_IMAGES = {
-    "clevr_count": lambda i: (png_bytes((480, 320), mode="RGBA", colour=(126, 126, 128, 255)), f"CLEVR_trainA_{i:06d}.png"),
+    "clevr_count": lambda i: (png_bytes((480, 320), mode="RGBA", colour=(126, 126, 128, 255)),
+                              f"CLEVR_trainA_{i:06d}.png"),
 }
 
 
@@ -74,11 +77,17 @@ def write_hub_parquet(path: Path, task: str, n: int = 6, images: dict[int, bytes
     return path
 
 
-def local_cfg(task: str, path: Path, **overrides) -> dict:
-    """The task's yaml (conf/dataset/<task>.yaml) switched to a local copy, as a user would."""
+def task_cfg(task: str, **overrides) -> dict:
+    """The task's dataset config (conf/dataset/<task>.yaml over the schema's defaults), as training composes it."""
     from omegaconf import OmegaConf
 
-    repo = Path(__file__).resolve().parents[2]
-    cfg = OmegaConf.to_container(OmegaConf.load(repo / "conf" / "dataset" / f"{task}.yaml"))
-    cfg.update({"source": "local", "path": str(path), "eval_size": 0, **overrides})
+    from testkit import compose_cfg
+
+    cfg = OmegaConf.to_container(compose_cfg([f"dataset={task}"]).dataset, enum_to_str=True)
+    cfg.update(overrides)
     return cfg
+
+
+def local_cfg(task: str, path: Path, **overrides) -> dict:
+    """The task's yaml switched to a local copy, as a user would."""
+    return task_cfg(task, **{"source": "local", "path": str(path), "eval_size": 0, **overrides})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_fixtures import SUFFIX, TASK_ROWS, local_cfg, png_bytes, png_header_only
+from data_fixtures import SUFFIX, TASK_ROWS, local_cfg, png_bytes, png_header_only, task_cfg
 
-from mmr1.data import TASKS, build_datasets, load_system_prompt
+from mmr1.data import GENERATORS, build_datasets, load_system_prompt
 from mmr1.data.registry import Registry
 
 LIMITS = {"min_pixels": 3136, "max_pixels": 12000}  # small cap: the fixtures' images get resized
@@ -120,7 +120,7 @@ def test_missing_image_file_names_path(tmp_path):
 
 @pytest.mark.parametrize("task", ["synthetic_count", "geoqa", "openr1_mm", "clevr_count"])
 def test_synthetic_deterministic_with_eval(task):
-    cfg = {"name": task, "source": "synthetic", "num_samples": 12, "eval_size": 4}
+    cfg = task_cfg(task, source="synthetic", num_samples=12, eval_size=4)
     a, b = build(cfg, seed=3), build(cfg, seed=3)
     assert (len(a.train), len(a.eval)) == (12, 4)
     assert a.train["solution"] == b.train["solution"] and a.train["image_id"] == b.train["image_id"]
@@ -129,16 +129,19 @@ def test_synthetic_deterministic_with_eval(task):
 
 
 def test_suffix_is_the_tasks_own_unless_set():
-    geo = build({"name": "geoqa", "source": "synthetic", "num_samples": 1, "eval_size": 0})
+    one = {"source": "synthetic", "num_samples": 1, "eval_size": 0}
+    geo = build(task_cfg("geoqa", **one))
     assert geo.train[0]["prompt"][1]["content"][1]["text"] == geo.train[0]["problem"]
-    count = build({"name": "clevr_count", "source": "synthetic", "num_samples": 1, "eval_size": 0})
+    count = build(task_cfg("clevr_count", **one))
     assert count.train[0]["prompt"][1]["content"][1]["text"].endswith(SUFFIX)
-    own = build({"source": "synthetic", "num_samples": 1, "eval_size": 0, "query_suffix": " Q"})
+    own = build(task_cfg("synthetic_count", **one, query_suffix=" Q"))
     assert own.train[0]["prompt"][1]["content"][1]["text"].endswith("image? Q")
+    with pytest.raises(ValueError, match="needs dataset.generator"):
+        build({"name": "mine", "source": "synthetic"})
 
 
 def test_limit_counts_training_rows_and_dedups_images():
-    bundle = build({"num_samples": 50, "eval_size": 5, "limit": 10}, min_pixels=None, max_pixels=None)
+    bundle = build(task_cfg("synthetic_count", num_samples=50, eval_size=5, limit=10), min_pixels=None, max_pixels=None)
     assert (len(bundle.train), len(bundle.eval)) == (10, 5)
     assert bundle.train[0]["image"].size == (84, 84)  # the counting grid is never resized
     assert bundle.stats["resizes"] == bundle.stats["unique_images"] <= 15
@@ -149,8 +152,8 @@ def test_registry_refuses_duplicates():
     reg.register("a")(1)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(2)
-    with pytest.raises(KeyError, match="unknown task"):
-        TASKS.get("nope")
+    with pytest.raises(KeyError, match="unknown synthetic generator 'nope'"):
+        GENERATORS.get("nope")
 
 
 def test_unknown_source_needs_path():

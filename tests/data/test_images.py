@@ -93,3 +93,14 @@ def test_resizer_once_per_unique_content_and_rgb():
 def test_bad_images_raise_badimage(value, match):
     with pytest.raises(BadImage, match=match):
         ImageResizer(PixelLimits(3136, 262144))(value)
+
+
+def test_alpha_is_dropped_as_the_seed_loaded_images():
+    # ms-swift v3.2.1 (swift/llm/template/vision_utils.py:131-137): `if image.mode != 'RGB': image.convert('RGB')`.
+    # A transparent red pixel stays red (its colour channels), it is not composited on white or black.
+    img = Image.new("RGBA", (56, 56), (255, 0, 0, 0))
+    img.putpixel((0, 0), (0, 0, 255, 255))
+    res = ImageResizer(PixelLimits(3136, 12845056))(img)
+    out = Image.open(__import__("io").BytesIO(res["bytes"]))
+    assert out.mode == "RGB" and out.tobytes() == img.convert("RGB").tobytes()
+    assert out.getpixel((1, 1)) == (255, 0, 0) and out.getpixel((0, 0)) == (0, 0, 255)

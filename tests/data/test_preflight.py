@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from data_fixtures import local_cfg, png_bytes, task_cfg, write_hub_parquet
 
-from data_fixtures import local_cfg, png_bytes, write_hub_parquet
 from mmr1.data import build_datasets
 from mmr1.data.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from mmr1.data.preflight import preflight
@@ -47,7 +47,8 @@ def test_rejects_a_prompt_that_cannot_fit_naming_the_row(tmp_path, tiny_processo
                                          r"exceeds rollout.max_model_len .*1 of 5 train rows"):
         preflight(tiny_processor, bundle, max_length=8192, context=1024, max_completion_length=1024)
     # max_length bounds the prompt alone (the seed's --max_length), so 8192 holds it.
-    assert preflight(tiny_processor, bundle, max_length=8192, context=None, max_completion_length=1024).longest_image > 3000
+    report = preflight(tiny_processor, bundle, max_length=8192, context=None, max_completion_length=1024)
+    assert report.longest_image > 3000
 
 
 def test_skip_drops_and_counts_the_long_rows(tmp_path, tiny_processor):
@@ -61,7 +62,7 @@ def test_skip_drops_and_counts_the_long_rows(tmp_path, tiny_processor):
 
 
 def test_max_length_counts_text_and_the_rows_own_image():
-    cfg = {"name": "geoqa", "source": "synthetic", "num_samples": 6, "eval_size": 2}
+    cfg = task_cfg("geoqa", source="synthetic", num_samples=6, eval_size=2)
     bundle = build_datasets(cfg, min_pixels=3136, max_pixels=401408, seed=0)
     report = preflight(WordTokenizer(), bundle, max_length=None, context=None, max_completion_length=1024)
     # The stand-in's 168x168 figures are 6 x 6 blocks: 36 tokens, not 401408 // 784 = 512.

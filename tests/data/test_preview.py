@@ -1,29 +1,24 @@
-"""The preview (`python -m mmr1.data ...`) on a minimal compose of conf/dataset: keys and pixel bounds."""
+"""The preview (`python -m mmr1.data ...`) through the training config: keys and pixel bounds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from mmr1.data.__main__ import CONF_DIR, preview
+from testkit import REPO
 
 KEYS = {"messages", "image_size_before", "image_size_after", "image_tokens", "solution"}
 
 
 @pytest.fixture
-def compose_cfg(tmp_path):
-    # Stand-in for the spine's conf/train.yaml: only what the preview reads, dataset group from conf/.
-    (tmp_path / "train.yaml").write_text(
-        "defaults:\n  - dataset: synthetic_count\n  - _self_\n"
-        "model: {max_pixels: null, min_pixels: null}\ntrainer: {seed: 0}\n"
-        f"hydra:\n  searchpath: ['file://{CONF_DIR}']\n"
-    )
+def compose_cfg():
+    # The real spine (datasets are deltas over the typed schema), with the processor's default pixel bounds.
+    from testkit import compose_cfg as compose_train
 
     def make(*overrides):
-        with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
+        return compose_train(["model.max_pixels=null", "model.min_pixels=null", *overrides])
 
     return make
 
@@ -51,8 +46,11 @@ def test_max_pixels_env_and_config(compose_cfg, monkeypatch, env, override, boun
         assert r["image_size_before"] == [600, 600] and w * h <= bound and w % 28 == h % 28 == 0
 
 
-def test_conf_dir_is_the_repo_conf():
-    assert Path(CONF_DIR) == Path(__file__).resolve().parents[2] / "conf"
+def test_conf_dir_is_inside_the_package_and_the_repo_conf_links_to_it():
+    import mmr1
+
+    assert Path(CONF_DIR) == Path(mmr1.__file__).resolve().parent / "conf"
+    assert (REPO / "conf").resolve() == Path(CONF_DIR).resolve()
 
 
 @pytest.mark.slow
@@ -71,7 +69,7 @@ def test_cli_geoqa_synthetic(extra, bound, size):
     import subprocess
     import sys
 
-    repo = Path(CONF_DIR).parent
+    repo = REPO
     env = {**os.environ, "MAX_PIXELS": "262144", "PYTHONPATH": str(repo / "src")}
     args = ["+experiment=geoqa", "dataset.source=synthetic", "dataset.limit=5", *extra]
     proc = subprocess.run([sys.executable, "-m", "mmr1.data", *args], cwd=repo, env=env, capture_output=True,

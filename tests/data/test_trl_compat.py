@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from data_fixtures import task_cfg
 
 from mmr1.data import build_datasets, image_tokens
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    cfg = {"name": "openr1_mm", "source": "synthetic", "num_samples": 4, "eval_size": 0, "image_size": 500}
+    cfg = task_cfg("openr1_mm", source="synthetic", num_samples=4, eval_size=0, image_size=500)
     return build_datasets(cfg, min_pixels=3136, max_pixels=100000, seed=0)
 
 

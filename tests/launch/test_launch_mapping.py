@@ -11,6 +11,7 @@ from launch_helpers import arg, by_role, compose_cfg, plan_for
 from mmr1.config.grpo_args import build_grpo_kwargs
 from mmr1.launch import deepspeed_config, server_command
 from mmr1.launch.plan import rank_args
+from testkit import REPO
 
 SERVER_8 = ["+experiment=geoqa", "launcher.gpus_per_node=8"]
 
@@ -72,6 +73,28 @@ def test_server_command_parses_with_trls_parser():
     assert extra[1:] == ["--max-num-seqs", "64"]
     vllm_cmd = build_command(script_args, extra)
     assert arg(vllm_cmd, "--gpu-memory-utilization") == "0.6" and "--weight-transfer-config" in vllm_cmd
+
+
+def test_clevr_server_images_fit_its_context():
+    # ClevrCount: max_pixels null (Qwen's 12845056 = 16384 tokens) against --vllm_max_model_len 1024. vLLM
+    # profiles with a dummy image at max_pixels, which must fit: capped at 1023 tokens of 28x28 pixels.
+    cmd = server_command(compose_cfg(["+experiment=clevr_count"]), "/models/m")
+    mm = json.loads(next(a for a in cmd if a.startswith("--mm-processor-kwargs=")).split("=", 1)[1])
+    assert mm == {"max_pixels": 1023 * 28 * 28, "min_pixels": 3136}
+    # GeoQA has no context setting: its MAX_PIXELS reaches vLLM unchanged.
+    cmd = server_command(compose_cfg(["+experiment=geoqa"]), "/models/m")
+    assert '--mm-processor-kwargs={"max_pixels": 401408, "min_pixels": 3136}' in cmd
+
+
+def test_gpu_extra_takes_vllm_from_trls_own_extra():
+    # TRL's server/client speak to a narrow vLLM range (TRL 1.16: >=0.22.0,<=0.31.0); `.[gpu]` must not drift.
+    from importlib.metadata import requires
+
+    import tomllib
+
+    gpu = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert any(dep.startswith("trl[vllm]") for dep in gpu) and not any(dep.startswith("vllm") for dep in gpu)
+    assert any(r.startswith("vllm") and 'extra == "vllm"' in r for r in requires("trl"))
 
 
 @pytest.mark.parametrize(("overrides", "gpus", "expect"), [

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from mmr1.sweep.report import WINDOW
 from mmr1.tracking.metrics import read_metrics
+from mmr1.tracking.series import WINDOW
 from testkit import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
 # A tiny model gains nothing from a second OpenMP thread, and on shared cores it costs up to 5x
-# (notes/cpu-threads.md).
+# (measured: a tiny_count step on 2 loaded cores).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 

@@ -12,8 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from mmr1.sweep.naming import point_dirname, short_label, swept_keys_of
-from mmr1.sweep.report import WINDOW, collapse_verdict, rolling, write_report
+from mmr1.sweep.report import collapse_verdict, write_report
 from mmr1.sweep.status import STALE_AFTER_S, first_error_line, read_run, record_failure
+from mmr1.tracking.series import WINDOW, rolling
 
 
 def make_run(root: Path, name: str, overrides: list[str], rows: list[dict] | None = None,
@@ -137,9 +138,10 @@ def test_collapse_verdicts(tmp_path):
     }
     verdict = {name: collapse_verdict(read_run(path)) for name, path in runs.items()}
     assert verdict["short"] == "-" and verdict["healthy"] == "no"
-    assert verdict["collapsed"].startswith("yes (external_r1v_acc 0.90->0.10, grad_norm x100")
-    assert verdict["drop"].startswith("drop only")
-    assert verdict["nan"] == "yes (non-finite loss at step 2)"
+    # The guard's own definition (reward drop AND a spike, guard.patience steps in a row), replayed.
+    assert verdict["collapsed"].startswith("yes (guard replay: guard trip at step 23 (collapse, streak from step 21)")
+    assert verdict["drop"] == "no"  # a drop without a spike is not the seed's collapse, for the guard either
+    assert verdict["nan"].startswith("yes (guard replay: guard trip at step 2 (nonfinite")
     assert verdict["guard"] == "yes (guard: 1 trip(s), first at step 7: grad_norm spike -> rollback)"
 
 
@@ -150,3 +152,13 @@ def test_report_cli_single_run_and_missing_dir(tmp_path):
     assert main([str(run), "--no-plots"]) == 0
     assert "trainer.beta=0.01" in (run / "report.md").read_text()
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_collapse_verdict_uses_the_runs_own_guard_settings(tmp_path):
+    collapsed = [0.9] * 20 + [0.1] * 20
+    grad = [0.5] * 20 + [50.0] * 20
+    run = make_run(tmp_path, "patient", [], metric_rows(collapsed, grad_norm=grad))
+    (run / "config.yaml").write_text("guard:\n  patience: 30\n")  # longer than the 20 bad steps
+    assert collapse_verdict(read_run(run)) == "no"
+    (run / "config.yaml").write_text("guard:\n  patience: 2\n")
+    assert "guard trip at step 22 " in collapse_verdict(read_run(run))

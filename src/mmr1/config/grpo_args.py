@@ -10,12 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mmr1.launch.vllm_server import client_host
+from mmr1.typed import container
 
 # mmr1 keys under `trainer` that are not GRPOConfig fields.
 _MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length"}
+
+
+def client_host(bind_host: str) -> str:
+    """Where trainer rank 0 finds the server: it binds 0.0.0.0, and rank 0 (the only rank TRL connects)
+    runs on node 0 with it."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return bool(torch.accelerator.is_available())
 
 
 def _report_to(cfg: DictConfig) -> list[str] | str:
@@ -24,8 +36,7 @@ def _report_to(cfg: DictConfig) -> list[str] | str:
 
 def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Return the exact kwargs for ``GRPOConfig`` (JSON-serialisable; written to grpo_args.json)."""
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(trainer, dict)
+    trainer = container(cfg.trainer)
     extra = trainer.pop("extra", {}) or {}
     kwargs: dict[str, Any] = {k: v for k, v in trainer.items() if k not in _MMR1_ONLY_TRAINER_KEYS}
 
@@ -52,6 +63,15 @@ def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     )
     if cfg.reward.weights is not None:
         kwargs["reward_weights"] = list(cfg.reward.weights)
+    # transformers 5 renamed gradient_checkpointing (training_args.py:1533-1541 warns on the old name, which
+    # TRL's _BaseConfig still defaults to True); passing the new name sets both.
+    if "gradient_checkpointing" in kwargs:
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    # Pinned host memory only helps copies to an accelerator; without one torch warns at every DataLoader.
+    kwargs["dataloader_pin_memory"] = _has_accelerator()
+    # TRL 1.16 turns this on for VLMs in case of text-only batches (grpo_trainer.py:389-398), and DDP then warns
+    # on every rank that nothing was unused. Every mmr1 row carries an image (mmr1.data.images: BadImage "no image").
+    kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(_rollout_kwargs(cfg))
     kwargs.update(_deepspeed_kwargs(cfg, run_dir))
     kwargs.update(extra)

@@ -42,16 +42,21 @@ class WarmStartConfig:
 
 @dataclass
 class ModelConfig:
-    # A hub id, a local directory, or the name of an embedded builder ("tiny_qwen2_5_vl").
+    # A hub id, a local directory, or the name of an embedded builder. Default: the embedded ~1M-parameter
+    # Qwen2.5-VL built locally from a config (no download; mmr1.models.tiny).
     name_or_path: str = "tiny_qwen2_5_vl"
-    torch_dtype: str = "float32"
-    attn_implementation: str | None = None
+    torch_dtype: str = "float32"  # CPU: bf16 matmuls are slow and lossy there
+    attn_implementation: str | None = None  # e.g. flash_attention_2 where installed
     train_type: str = "full"
-    # One image-resolution setting for trainer and rollout; None = the processor's default.
+    # One image-resolution setting for trainer and rollout; None = the processor's default (Qwen: 3136 to
+    # 12845056 pixels, or the MIN_PIXELS/MAX_PIXELS env vars the seed sets). 50176 = 224x224, 64 image tokens
+    # at most: a tiny model, tiny images (its counting scenes are 84x84 = 9 tokens).
     min_pixels: int | None = None
-    max_pixels: int | None = None
+    max_pixels: int | None = 50176
     trust_remote_code: bool = False
-    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    # The seed starts from an Instruct model "to rapidly achieve format rewards"; the tiny analogue is a short
+    # SFT on synthetic answers that teaches the format and leaves counting imperfect.
+    warmstart: WarmStartConfig = field(default_factory=lambda: WarmStartConfig(enabled=True))
 
 
 @dataclass
@@ -65,9 +70,11 @@ class RolloutConfig:
     # hf = transformers generate inside the trainer; vllm = TRL's vLLM integration (server|colocate).
     backend: str = "hf"
     vllm_mode: str | None = None
-    gpu_memory_utilization: float = 0.6
+    gpu_memory_utilization: float = 0.6  # the seed's --vllm_gpu_memory_utilization (the rest is the trainer's)
+    # The rollout context: prompt + completion tokens. Completions end where it does, on every backend
+    # (mmr1.grpo_trainer); None = the model's own length.
     max_model_len: int | None = None
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # colocate: must divide the number of trainer processes
     data_parallel_size: int = 1
     # GPUs reserved for the server on node 0; must equal data_parallel_size x tensor_parallel_size.
     server_gpus: int = 0
@@ -97,36 +104,38 @@ class RolloutConfig:
 
 @dataclass
 class OptimizerConfig:
+    """AdamW (torch). Defaults: the embedded tiny CPU job; the seed's recipe sets its own."""
+
     name: str = "adamw_torch"
-    lr: float = 1e-6
+    lr: float = 1e-4  # the tiny model: 1e-6 would not move a 1M-parameter model in minutes
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    # None = no clipping.
-    max_grad_norm: float | None = 1.0
-    lr_scheduler_type: str = "linear"
+    max_grad_norm: float | None = 1.0  # None = no clipping
+    lr_scheduler_type: str = "constant"  # a short run whose signal is still strong at its end
     warmup_ratio: float = 0.0
     warmup_steps: int = 0
 
 
 @dataclass
 class TrainerConfig:
-    """GRPO and Trainer settings under TRL's own names (passed to GRPOConfig as they are)."""
+    """GRPO and Trainer settings under TRL's own names (passed to GRPOConfig as they are). Defaults: the
+    embedded tiny CPU job (4 prompts x 8 generations per step, 300 steps); the seed's recipe sets its own."""
 
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     num_generations: int = 8
     num_generations_eval: int | None = None
-    max_completion_length: int = 1024
-    # ms-swift's --max_length (prompt + completion); TRL 1.16 has no such field: mmr1's pre-flight
-    # check enforces it before any GPU work.
-    max_length: int | None = None
+    max_completion_length: int = 24  # "<think>...</think><answer>k</answer>" fits in ~12 tokens
+    # ms-swift's --max_length, a bound on the prompt; TRL 1.16 has no such field: mmr1's pre-flight
+    # (mmr1.data.preflight) enforces it on every row before any GPU work.
+    max_length: int | None = 512
     num_train_epochs: float = 1.0
-    max_steps: int = -1
-    beta: float = 0.001
-    loss_type: str = "grpo"
+    max_steps: int = 300
+    beta: float = 0.0  # no reference model on the tiny job (halves the forward passes on CPU)
+    loss_type: str = "grpo"  # TRL's default is "dapo"; the seed's recipe sets "bnpo"
     scale_rewards: str = "group"
     epsilon: float = 0.2
     num_iterations: int = 1
@@ -134,17 +143,19 @@ class TrainerConfig:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
-    mask_truncated_completions: bool = False
+    # The tiny model otherwise learns to fill the length cap with tags the seed's format regex still accepts
+    # (`<answer>3</answer>2</answer>...`, a reward hack seen in its first runs).
+    mask_truncated_completions: bool = True
     save_strategy: str = "steps"
-    save_steps: float = 500
-    save_total_limit: int | None = None
+    save_steps: float = 100
+    save_total_limit: int | None = 2
     save_only_model: bool = False
     eval_strategy: str = "no"
     eval_steps: float | None = None
     logging_steps: float = 1
     dataloader_num_workers: int = 0
     bf16: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # TRL defaults to true; on a tiny CPU model it only costs time
     log_completions: bool = False
     num_completions_to_print: int | None = 0
     seed: int = 42

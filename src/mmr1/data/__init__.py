@@ -13,11 +13,11 @@ from mmr1.data.config import DatasetConfig, OnBadRow, Source
 from mmr1.data.images import PixelLimits, image_tokens, resolve_pixel_limits, smart_resize
 from mmr1.data.preflight import preflight
 from mmr1.data.registry import Registry
-from mmr1.data.sources import SOURCES, TASKS
+from mmr1.data.sources import SOURCES
 from mmr1.data.synthetic import GENERATORS
 
 __all__ = [
-    "GENERATORS", "SOURCES", "TASKS", "DataBundle", "DatasetConfig", "OnBadRow", "PixelLimits", "Registry",
+    "GENERATORS", "SOURCES", "DataBundle", "DatasetConfig", "OnBadRow", "PixelLimits", "Registry",
     "Source", "build_datasets", "build_messages", "image_tokens", "load_system_prompt", "preflight",
     "resolve_pixel_limits", "smart_resize",
 ]

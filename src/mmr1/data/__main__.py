@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mmr1.config import register_configs
+from mmr1.config import CONF_DIR, register_configs
+from mmr1.typed import container
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 register_configs()  # conf/train.yaml extends the typed schema `train_schema`, as for training
 
 
@@ -50,7 +49,7 @@ def preview(cfg: DictConfig) -> tuple[list[dict], dict]:
     limits = resolve_pixel_limits(model.get("max_pixels"), model.get("min_pixels"))
     seed = (cfg.get("trainer") or {}).get("seed", cfg.get("seed", 0))
     # A preview shows training rows: `dataset.limit=3` prints 3 rows without building the eval set.
-    dataset_cfg = {**OmegaConf.to_container(cfg.dataset), "eval_size": 0}
+    dataset_cfg = {**container(cfg.dataset, resolve=False), "eval_size": 0}
     bundle = build_datasets(dataset_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
     return list(preview_rows(bundle)), bundle.stats
 

@@ -26,12 +26,14 @@ from mmr1.data.images import (
     image_tokens,
     resolve_pixel_limits,
 )
-from mmr1.data.sources import SOURCES, TASKS
+from mmr1.data.sources import SOURCES
+from mmr1.typed import typed_config
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("problem", "solution")
-ADDED = ("prompt", "image", "image_id", "image_size_before", "image_tokens", "source_row")  # columns mmr1 writes; source values dropped
+# Columns mmr1 writes (a source column of the same name is dropped).
+ADDED = ("prompt", "image", "image_id", "image_size_before", "image_tokens", "source_row")
 MAX_REPORTED = 10  # skipped indices/reasons kept in stats and logs
 
 
@@ -50,17 +52,16 @@ def load_system_prompt(path: str | None) -> str:
     """The file's text byte for byte (no strip: the seed passes prompt.txt verbatim)."""
     if path is None:
         return (importlib.resources.files("mmr1") / "prompts" / "r1v_system.txt").read_text(encoding="utf-8")
-    return Path(path).expanduser().read_text(encoding="utf-8")
+    prompt = Path(path).expanduser()
+    if not prompt.is_file():  # the dry run (mmr1.checks) gives this message too
+        raise FileNotFoundError(
+            f"dataset.system_prompt {prompt} does not exist (a text file, or null for the seed's R1-V prompt)")
+    return prompt.read_text(encoding="utf-8")
 
 
 def to_config(dataset_cfg: Any) -> DatasetConfig:
-    """Accept a DatasetConfig, an OmegaConf node or a plain dict; validate against the schema."""
-    if isinstance(dataset_cfg, DatasetConfig):
-        return dataset_cfg
-    from omegaconf import OmegaConf
-
-    merged = OmegaConf.merge(OmegaConf.structured(DatasetConfig), dataset_cfg)
-    return OmegaConf.to_object(merged)
+    """Accept a DatasetConfig, an OmegaConf node or a plain dict; validate against the schema (mmr1.typed)."""
+    return typed_config(DatasetConfig, dataset_cfg, key="dataset")
 
 
 def build_messages(system_prompt: str, text: str) -> list[dict]:
@@ -109,8 +110,7 @@ def build_datasets(
 
     cfg = to_config(dataset_cfg)
     name = cfg.name
-    task = TASKS.get(name)  # unknown task names fail before any download
-    suffix = task.query_suffix if cfg.query_suffix is None else cfg.query_suffix
+    suffix = cfg.query_suffix
     if min_pixels is not None and max_pixels is not None:
         limits = PixelLimits(int(min_pixels), int(max_pixels))
     else:

@@ -2,7 +2,7 @@
 
 Stored in Hydra's ConfigStore by the spine, so every key of ``conf/dataset/*.yaml`` must be a field
 here (a typo then fails at compose time, not at step 900). Only OmegaConf-friendly types: str, int,
-bool, Optional, Enum. Defaults are those of ``conf/dataset/synthetic_count.yaml``, the CPU default.
+bool, Optional, Enum. Every default is here; the YAML files set what differs.
 """
 
 from __future__ import annotations
@@ -29,39 +29,47 @@ class OnBadRow(str, Enum):
 
 @dataclass
 class DatasetConfig:
-    # Task name: a key of mmr1.data.TASKS (clevr_count, geoqa, openr1_mm, synthetic_count, ...).
+    """One task's data. Every default lives here; ``conf/dataset/*.yaml`` set only what differs, so a new
+    task is one YAML file (its name, where the rows come from, its prompt suffix and its offline stand-in)."""
+
+    # The task's name: in logs, metrics and the warm-start cache key.
     name: str = "synthetic_count"
     source: Source = Source.synthetic
     # Hub ids; None for tasks that only exist procedurally.
     hf_id: str | None = None
     modelscope_id: str | None = None
     subset: str | None = None
-    # source=local: a parquet file or directory, a .jsonl/.json file, or a save_to_disk directory.
+    # source=local: a parquet file or directory, a .jsonl/.json file, or a save_to_disk directory, with the
+    # hub's columns (image, problem, solution, extras).
     path: str | None = None
     # Where relative image paths in a jsonl/parquet resolve; None = the data file's directory.
     image_dir: str | None = None
     split: str = "train"
-    # Training rows kept after shuffling (eval_size more are read for eval); None = all.
+    # Training rows kept after shuffling (eval_size more are read for eval); None = all. dataset.limit=3 previews.
     limit: int | None = None
     shuffle: bool = True
     # Shuffle/generation seed; None = the run's top-level seed.
     seed: int | None = None
     # Held-out rows taken first from the (shuffled) data for eval; 0 = no eval set (bundle.eval None).
+    # Enough generated figures to read an accuracy without costing CPU minutes.
     eval_size: int = 100
+    # Real data carries odd rows (a corrupt image, no solution): stop and name the row rather than train on a
+    # silently smaller set; skip drops them, logs how many and which, and the run records the count.
     on_bad_row: OnBadRow = OnBadRow.error
     # A prompt over trainer.max_length or the rollout context (mmr1.data.preflight): error names the row,
     # skip drops and counts it. Never cut: cutting a prompt would cut its image tokens.
     on_long_prompt: OnBadRow = OnBadRow.error
-    # System prompt file; None = the seed's R1-V prompt shipped in mmr1/prompts/r1v_system.txt.
+    # System prompt file; None = the seed's --system prompt.txt, shipped as mmr1/prompts/r1v_system.txt.
     system_prompt: str | None = None
-    # Appended to the problem text verbatim; None = the task's own (clevr_count/synthetic_count: the
-    # seed ClevrPreprocessor's suffix, TASKS[name].query_suffix; the others: nothing). A default in
-    # code, not here, so a config naming another task never inherits the counting suffix.
-    query_suffix: str | None = None
-    # source=synthetic: how many training rows to generate (plus eval_size), and the side of generated images (None = the
-    # generator's own: 84 for counting, i.e. a 3x3 grid of 28-px cells = 9 image tokens).
+    # Appended to every problem verbatim (the seed's ClevrPreprocessor suffix for counting; nothing for
+    # GeoQA and Open R1, whose problems the seed used as they are).
+    query_suffix: str = ""
+    # source=synthetic: the procedural generator standing in for the task offline (mmr1.data.synthetic:
+    # synthetic_count, clevr_scene, synthetic_geoqa, synthetic_chart), how many training rows it makes
+    # (plus eval_size), and the side of its images (None = the generator's own).
+    generator: str | None = None
     num_samples: int = 2000
     image_size: int | None = None
-    # Decoded images kept in memory per process so the num_generations copies of a prompt (and
-    # later epochs) reuse one decode; bounded so an 8k-image set does not fill host RAM.
+    # Decoded images kept in memory per process so the num_generations copies of a prompt (and later epochs)
+    # reuse one decode; bounded because 8k images at MAX_PIXELS would not fit many ranks' host RAM.
     image_cache_mb: int = 1024

@@ -57,7 +57,7 @@ def smart_resize(
     >>> smart_resize(84, 84)
     (84, 84)
     >>> smart_resize(1000, 2000, max_pixels=262144)
-    (336, 728)
+    (336, 700)
     """
     if max(height, width) / min(height, width) > MAX_ASPECT:
         raise BadImage(f"aspect ratio {max(height, width) / min(height, width):.0f} exceeds {MAX_ASPECT}")
@@ -157,6 +157,7 @@ class ImageResizer:
         if raw is not None:
             key = hashlib.blake2b(raw, digest_size=16).hexdigest()
         else:
+            assert pil is not None  # _source_bytes gives bytes or a PIL image
             h = hashlib.blake2b(digest_size=16)
             h.update(f"{pil.mode}{pil.size}".encode())
             h.update(pil.tobytes())
@@ -179,7 +180,7 @@ class ImageResizer:
             with warnings.catch_warnings():
                 # PIL warns between 89M and 179M pixels and raises above; both are our "too large" case.
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = pil if pil is not None else Image.open(io.BytesIO(raw))
+                img = pil if pil is not None else Image.open(io.BytesIO(raw or b""))
                 w, h = img.size
                 if min(w, h) < MIN_SIDE:
                     raise BadImage(f"degenerate image {w}x{h} ({where})")

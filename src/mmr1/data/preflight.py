@@ -85,13 +85,17 @@ def _bounds(max_length: int | None, context: int | None) -> list[Bound]:
     return bounds
 
 
-def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Report) -> list[tuple[int, int, int, int]]:
+Over = tuple[int, int, int, int]  # (position in the split, source row, text tokens, image tokens)
+
+
+def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Report) -> list[Over]:
     """Return (position, source row, text tokens, image tokens) of every prompt over a bound."""
     cols = ds.with_format(None).select_columns(["prompt", "image_tokens", "source_row"])[:]  # no image decode
     prompts, images, rows = cols["prompt"], cols["image_tokens"], cols["source_row"]
     scaffold = _scaffold_tokens(processing_class, prompts[0])
     # An upper bound per row without rendering it: a byte-level BPE token covers at least one byte.
-    upper = [scaffold + len(_user_text(p).encode()) + BOUNDARY_SLACK + img for p, img in zip(prompts, images, strict=True)]
+    upper = [scaffold + len(_user_text(p).encode()) + BOUNDARY_SLACK + img
+             for p, img in zip(prompts, images, strict=True)]
     limit = min((b.max_prompt_tokens for b in bounds), default=None)
     exact = sorted(range(len(prompts)), key=upper.__getitem__, reverse=True)[:CANDIDATES]
     if limit is not None:
@@ -150,8 +154,9 @@ def preflight(processing_class: Any, bundle: Any, *, max_length: int | None, con
     if context is not None:
         report.completion_cap = min(max_completion_length, context - report.longest_prompt)
         if report.completion_cap < max_completion_length:
-            log.info("pre-flight: the longest prompt (%d tokens) leaves %d completion tokens in rollout.max_model_len=%d "
-                     "(trainer.max_completion_length=%d); completions stop there, as vLLM's did in the seed",
+            log.info("pre-flight: the longest prompt (%d tokens) leaves %d completion tokens in "
+                     "rollout.max_model_len=%d (trainer.max_completion_length=%d); completions stop there, "
+                     "as vLLM's did in the seed",
                      report.longest_prompt, report.completion_cap, context, max_completion_length)
     log.info("pre-flight ok: longest prompt %d tokens (%d text + %d image); bounds %s",
              report.longest_prompt, report.longest_text, report.longest_image,

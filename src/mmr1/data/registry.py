@@ -1,8 +1,7 @@
 """A registry is a dict plus a decorator that refuses duplicate names (fairseq's idiom, nothing more).
 
-The data layer keeps three: ``SOURCES`` (where raw rows come from: hf, modelscope, local, synthetic),
-``TASKS`` (how a task's raw rows become prompts: clevr_count, geoqa, ...) and ``GENERATORS``
-(procedural datasets that run offline on CPU).
+The data layer keeps two: ``SOURCES`` (where raw rows come from: hf, modelscope, local, synthetic) and
+``GENERATORS`` (procedural datasets that run offline on CPU). Tasks are YAML files (conf/dataset/).
 """
 
 from __future__ import annotations

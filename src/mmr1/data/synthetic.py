@@ -33,7 +33,7 @@ def _rng(seed: int, index: int) -> random.Random:
 def synthetic_count(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
     """Counting with one object per 28x28 cell (one image token each) on white, 1-3 objects of distinct
     colours, circle or square, radius 8-11, small jitter: the layout a ~1M-parameter Qwen2.5-VL learns
-    to count (free placement on grey stayed at chance; notes/tiny-vlm-facts.md).
+    to count (free placement on a grey floor stayed at chance for hundreds of GRPO steps).
 
     >>> rows = synthetic_count(2, seed=0)
     >>> rows[0]["image"].size, rows[0]["problem"], rows[0]["solution"] == synthetic_count(1, 0)[0]["solution"]
@@ -96,14 +96,14 @@ def synthetic_geoqa(num_samples: int, seed: int, image_size: int | None = None) 
             answer = f"{180 - a - b}°"
         elif kind == "hypotenuse":
             k = rng.randint(1, 4)
-            p, q, r = rng.choice(((3, 4, 5), (5, 12, 13), (8, 15, 17), (6, 8, 10)))
+            leg1, leg2, hyp = rng.choice(((3, 4, 5), (5, 12, 13), (8, 15, 17), (6, 8, 10)))
             pa, pb, pc = (m, side - m), (side - m, side - m), (m, m)
             draw.polygon([pa, pb, pc], outline=(0, 0, 0), width=2)
             draw.rectangle((pa[0], pa[1] - 10, pa[0] + 10, pa[1]), outline=(0, 0, 0))  # right-angle mark
-            _label(draw, ((pa[0] + pb[0]) / 2, pa[1] + 9), str(q * k))
-            _label(draw, (pa[0] - 10, (pa[1] + pc[1]) / 2), str(p * k))
+            _label(draw, ((pa[0] + pb[0]) / 2, pa[1] + 9), str(leg2 * k))
+            _label(draw, (pa[0] - 10, (pa[1] + pc[1]) / 2), str(leg1 * k))
             problem = "As shown in the figure, in the right triangle, what is the length of the hypotenuse?"
-            answer = r * k
+            answer = str(hyp * k)
         else:
             radius = rng.randint(2, 30)
             c, rr = side / 2, side / 2 - m
@@ -112,7 +112,7 @@ def synthetic_geoqa(num_samples: int, seed: int, image_size: int | None = None) 
             _label(draw, (c + rr / 2, c - 9), str(radius))
             _label(draw, (c - 6, c + 6), "O")
             problem = "As shown in the figure, circle O has the labelled radius. What is the length of its diameter?"
-            answer = 2 * radius
+            answer = str(2 * radius)
         # GEOQA_R1V_Train_8K's own format: spaces inside the tag, the unit kept ("<answer> 70° </answer>").
         rows.append({"image": img, "problem": problem, "solution": f"<answer> {answer} </answer>"})
     return rows

@@ -71,7 +71,7 @@ def _submitit_env() -> dict[str, str]:
 
         job = submitit.JobEnvironment()
         return {"NNODES": str(job.num_nodes), "NODE_RANK": str(job.node), "MASTER_ADDR": job.hostnames[0]}
-    except Exception:  # not in a submitit job after all: the plain env conventions apply
+    except Exception:  # noqa: BLE001 - not in a submitit job after all: the plain env conventions apply
         return {}
 
 
@@ -147,12 +147,13 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
         ids, src["gpu_ids"] = _ids(env["CUDA_VISIBLE_DEVICES"]), "env CUDA_VISIBLE_DEVICES"
     errors: list[str] = []
     if lc.gpus_per_node is not None:
-        gpus_per_node: int | None = int(lc.gpus_per_node)
+        configured = int(lc.gpus_per_node)
+        gpus_per_node: int | None = configured
         src["gpus_per_node"] = "config"
-        if ids is not None and len(ids) < gpus_per_node:
-            errors.append(f"launcher.gpus_per_node={gpus_per_node} but {src['gpu_ids']} lists only "
+        if ids is not None and len(ids) < configured:
+            errors.append(f"launcher.gpus_per_node={configured} but {src['gpu_ids']} lists only "
                           f"{len(ids)} GPUs ({','.join(ids)})")
-        ids = (ids or [str(i) for i in range(gpus_per_node)])[:gpus_per_node]
+        ids = (ids or [str(i) for i in range(configured)])[:configured]
     elif ids is not None:
         gpus_per_node, src["gpus_per_node"] = len(ids), src["gpu_ids"]
     else:

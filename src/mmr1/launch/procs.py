@@ -83,11 +83,10 @@ class Supervisor:
 
     def start(self, name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
               log_path: Path | None = None) -> subprocess.Popen:
-        log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115 (closed in stop_all)
-        out = dict(stdout=log_file, stderr=subprocess.STDOUT) if log_file else {}
+        log_file = open(log_path, "ab") if log_path else None  # closed in stop_all
         log.info("starting %s: %s", name, " ".join(cmd))
-        proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None,
-                                start_new_session=True, **out)
+        proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, start_new_session=True,
+                                stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
         self.children.append(_Child(name, proc, log_file))
         return proc
 

@@ -90,17 +90,9 @@ def _prepare_model(cfg: DictConfig) -> str | None:
     them cached instead of racing to build them; returns the path they will load."""
     if cfg.model.name_or_path != "tiny_qwen2_5_vl" and not cfg.model.warmstart.enabled:
         return None
-    from mmr1.data import resolve_pixel_limits
-    from mmr1.models import load_processor, resolve_model_path
-    from mmr1.models.warmstart import maybe_warmstart
+    from mmr1.policy import prepare_policy
 
-    path = resolve_model_path(cfg.model)
-    if cfg.model.warmstart.enabled:
-        limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
-        processor = load_processor(path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                                   trust_remote_code=cfg.model.trust_remote_code)
-        path = maybe_warmstart(cfg, path, processor, limits)
-    return path
+    return prepare_policy(cfg).path
 
 
 def _final_metrics(run_dir: Path) -> dict[str, Any]:

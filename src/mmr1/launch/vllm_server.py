@@ -18,16 +18,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mmr1.config.grpo_args import client_host
+
 
 def _trl_executable() -> str:
     # The `trl` next to this interpreter (same virtualenv), else whichever is on PATH.
     local = Path(sys.executable).parent / "trl"
     return str(local) if local.exists() else (shutil.which("trl") or "trl")
-
-
-def client_host(bind_host: str) -> str:
-    # The server binds 0.0.0.0; trainer rank 0 (the only rank TRL connects) runs on node 0 with it.
-    return "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host
 
 
 def server_url(rollout: DictConfig) -> str:

@@ -8,9 +8,6 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-# Names that are built locally instead of downloaded.
-EMBEDDED_MODELS = {"tiny_qwen2_5_vl"}
-
 
 def resolve_model_path(model_cfg: DictConfig) -> str:
     """The directory or hub id to load: embedded builders and warm-starts are built (cached) here."""

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,15 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Sizes from shared/notes/tiny-vlm-facts.md: ~1M parameters is plenty for the pipeline, and an
-# 84x84 image costs 9 image tokens (patch 14, merge 2), one per 28x28 cell of the synthetic scenes.
-RECIPE = {
+# ~1M parameters is plenty for the pipeline (and learns the counting scenes in minutes), and an 84x84 image
+# costs 9 image tokens (patch 14, merge 2), one per 28x28 cell of the synthetic scenes.
+TEXT: dict[str, Any] = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "intermediate_size": 256, "max_position_embeddings": 2048,
+                        "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
+RECIPE: dict[str, Any] = {
     "version": RECIPE_VERSION,
     "vocab_size": 1024,
-    "text": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "intermediate_size": 256, "max_position_embeddings": 2048,
-             "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+    "text": TEXT,
     "vision": {"depth": 2, "hidden_size": 64, "num_heads": 4, "intermediate_size": 128,
                "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56},
     "seed": 0,
@@ -112,7 +114,7 @@ def _build_tokenizer(vocab_size: int):
     tok.train_from_iterator(_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=QWEN_SPECIAL_TOKENS, model_max_length=RECIPE["text"]["max_position_embeddings"],
+        additional_special_tokens=QWEN_SPECIAL_TOKENS, model_max_length=TEXT["max_position_embeddings"],
     )
     fast.add_tokens(R1_TAG_TOKENS)
     fast.chat_template = CHAT_TEMPLATE

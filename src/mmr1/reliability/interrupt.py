@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 log = logging.getLogger("mmr1.reliability")
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class InterruptCallback(TrainerCallback):
@@ -77,4 +77,4 @@ class InterruptCallback(TrainerCallback):
             control.should_save = self.save and state.global_step > 0
 
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signum, 130)
+        return 130 if self.signum is None else EXIT_CODES.get(self.signum, 130)

@@ -1,16 +1,16 @@
 """The typed `reward` node of the config (stored in Hydra's ConfigStore by the spine).
 
-Only OmegaConf-friendly types here (str, int, float, bool, Optional, List, Enum) so a typo or a
-wrong type in `conf/reward/*.yaml` or on the command line fails at startup. The defaults equal
-`conf/reward/r1v.yaml` (a test checks it); the why of each value is written there.
+Every default and the why of each value live here; `conf/reward/*.yaml` set only what differs. Types and
+unknown keys are checked by OmegaConf, values by `RewardConfig.__post_init__` (mmr1.typed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from mmr1.typed import typed_config
 
 
 class RewardConfigError(ValueError):
@@ -26,76 +26,70 @@ class OnAllZero(Enum):
 
 @dataclass
 class RewardConfig:
+    # The seed's rewards (`--reward_funcs external_r1v_acc format`): accuracy (the seed's MultiModalAccuracyORM,
+    # result for result) and ms-swift's R1 format reward.
     funcs: list[str] = field(default_factory=lambda: ["external_r1v_acc", "format"])
+    # None = every reward weighs 1.0 (TRL's default), as in the seed, which set no weights.
     weights: list[float] | None = None
+    # Python files whose module registers more rewards (the seed's --external_plugins); the seed's accuracy
+    # reward is built in, so none are needed for it.
     plugins: list[str] = field(default_factory=list)
+    # Per-item wall clock. Twice math-verify's own 5 s alarm: its parse/verify time out first and give the
+    # seed's result (0.0); the kill only fires on what that alarm cannot interrupt (C-level work, a hung
+    # plugin). A normal item takes milliseconds.
     timeout_s: float = 10.0
+    # Per-call wall clock: bounds the stall a batch of bad items can add to one GRPO step (items still
+    # waiting when it runs out get failure_reward).
     batch_timeout_s: float = 60.0
+    # Worker processes per training rank for the math-verify path; 2 keeps a rank's reward scoring off the
+    # critical path without crowding the data-loader workers on the same cores.
     num_workers: int = 2
+    # What a timed-out or raising item gets: 0.0, as the seed (its try/except gave 0.0); None makes TRL
+    # ignore that reward for the item instead (it sums the others).
     failure_reward: float | None = 0.0
+    # A reward giving only zeros/failures for this many consecutive calls is almost certainly broken (a
+    # missing column, a wrong answer tag): warn loudly; `stop` aborts the run instead.
     on_all_zero: OnAllZero = OnAllZero.warn
+    # 20 calls: long enough that an honestly hard start (GeoQA opens near 0.2 accuracy) does not trip it by
+    # chance, short enough to catch a broken reward in minutes, not hours. 0 disables it.
     all_zero_patience: int = 20
+    # The first failed items of a run written to run_dir/reward_failures.jsonl: enough to debug, not enough
+    # to fill a disk when every item fails.
     max_failures_logged: int = 20
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.on_all_zero, OnAllZero):  # built directly from Python with a string
+            try:
+                self.on_all_zero = OnAllZero(str(self.on_all_zero))
+            except ValueError:
+                raise RewardConfigError(f"reward.on_all_zero={self.on_all_zero!r}: expected one of "
+                                        f"{[m.value for m in OnAllZero]}") from None
+        self.funcs = [str(f) for f in self.funcs]
+        self.plugins = [str(p) for p in self.plugins]
+        self.weights = None if self.weights is None else [float(w) for w in self.weights]
+        if not self.funcs:
+            raise RewardConfigError("reward.funcs is empty: name at least one reward")
+        dupes = sorted({f for f in self.funcs if self.funcs.count(f) > 1})
+        if dupes:
+            # TRL logs rewards/<name>/mean per function: two with one name would overwrite each other.
+            raise RewardConfigError(f"reward.funcs names {dupes} more than once")
+        if self.weights is not None and len(self.weights) != len(self.funcs):
+            raise RewardConfigError(
+                f"reward.weights has {len(self.weights)} values but reward.funcs has {len(self.funcs)} "
+                f"({self.funcs}): give one weight per reward, or null for all 1.0"
+            )
+        for key in ("timeout_s", "batch_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise RewardConfigError(f"reward.{key}={getattr(self, key)!r}: must be > 0 seconds")
+        for key, low in (("num_workers", 1), ("all_zero_patience", 0), ("max_failures_logged", 0)):
+            if int(getattr(self, key)) < low:
+                raise RewardConfigError(f"reward.{key}={getattr(self, key)!r}: must be >= {low}")
 
 
 def as_reward_config(cfg: Any) -> RewardConfig:
-    """Accept a RewardConfig, an OmegaConf node (typed or not) or a plain mapping; validate it.
+    """A validated RewardConfig from a RewardConfig, an OmegaConf node or a plain mapping.
 
     >>> as_reward_config({"funcs": ["format"], "on_all_zero": "stop"}).on_all_zero
     <OnAllZero.stop: 'stop'>
     """
-    if isinstance(cfg, RewardConfig):
-        values = {f.name: getattr(cfg, f.name) for f in fields(RewardConfig)}
-    else:
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a dependency; plain dicts still work
-            pass
-        if not isinstance(cfg, Mapping):
-            raise RewardConfigError(f"reward: expected a mapping or RewardConfig, got {type(cfg).__name__}")
-        known = {f.name for f in fields(RewardConfig)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise RewardConfigError(f"reward: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        values = dict(cfg)
-    values["on_all_zero"] = _on_all_zero(values.get("on_all_zero", OnAllZero.warn))
-    out = RewardConfig(**values)
-    out.funcs = list(out.funcs)
-    out.plugins = [str(p) for p in out.plugins]
-    out.weights = None if out.weights is None else [float(w) for w in out.weights]
-    _validate(out)
-    return out
-
-
-def _on_all_zero(value: Any) -> OnAllZero:
-    if isinstance(value, OnAllZero):
-        return value
-    try:
-        return OnAllZero(str(value))
-    except ValueError:
-        raise RewardConfigError(
-            f"reward.on_all_zero={value!r}: expected one of {[m.value for m in OnAllZero]}"
-        ) from None
-
-
-def _validate(cfg: RewardConfig) -> None:
-    if not cfg.funcs:
-        raise RewardConfigError("reward.funcs is empty: name at least one reward")
-    dupes = sorted({f for f in cfg.funcs if cfg.funcs.count(f) > 1})
-    if dupes:
-        # TRL logs rewards/<name>/mean per function: two with one name would overwrite each other.
-        raise RewardConfigError(f"reward.funcs names {dupes} more than once")
-    if cfg.weights is not None and len(cfg.weights) != len(cfg.funcs):
-        raise RewardConfigError(
-            f"reward.weights has {len(cfg.weights)} values but reward.funcs has {len(cfg.funcs)} "
-            f"({cfg.funcs}): give one weight per reward, or null for all 1.0"
-        )
-    for key in ("timeout_s", "batch_timeout_s"):
-        if not getattr(cfg, key) > 0:
-            raise RewardConfigError(f"reward.{key}={getattr(cfg, key)!r}: must be > 0 seconds")
-    for key, low in (("num_workers", 1), ("all_zero_patience", 0), ("max_failures_logged", 0)):
-        if int(getattr(cfg, key)) < low:
-            raise RewardConfigError(f"reward.{key}={getattr(cfg, key)!r}: must be >= {low}")
+    return typed_config(RewardConfig, cfg, key="reward", error=RewardConfigError)

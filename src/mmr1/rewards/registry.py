@@ -139,6 +139,7 @@ def load_plugins(paths: Iterable[str | Path]) -> list[str]:
                 # and two plugin.py files in different folders do not collide.
                 module_name = f"mmr1_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
                 module_spec = importlib.util.spec_from_file_location(module_name, path)
+                assert module_spec is not None and module_spec.loader is not None  # a .py file path
                 module = importlib.util.module_from_spec(module_spec)
                 sys.modules[module_name] = module
                 try:

@@ -32,7 +32,7 @@ def count_points(config: DictConfig) -> int | None:
         args = [f"{k}={v}" for k, v in params.items()] + task
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
         return sum(len(b) for b in batches)
-    except Exception:  # another sweeper (optuna, ...): no count, just no "/N" in the label
+    except Exception:  # noqa: BLE001 - another sweeper (optuna, ...): no count, just no "/N" in the label
         return None
 
 
@@ -71,7 +71,7 @@ class SweepReport(Callback):
 
         try:
             write_report(sweep_dir, plots=self.plots)
-        except Exception as err:  # the report must never fail the sweep it describes
+        except Exception as err:  # noqa: BLE001 - the report must never fail the sweep it describes
             log.warning("sweep report for %s failed: %s", sweep_dir, err)
             return None
         return sweep_dir / "report.md"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from mmr1.typed import container
+
 RESOLVER = "mmr1_point"
 MAX_NAME = 120  # well under the 255-byte component limit, and still readable in a legend
 _UNSAFE = re.compile(r"[^A-Za-z0-9=,._+-]")
@@ -52,11 +54,11 @@ def swept_keys(sweep_dir: str | Path) -> list[str] | None:
         return None
     try:
         cfg = OmegaConf.load(path)
-        task = OmegaConf.to_container(cfg.hydra.overrides.task)
+        task = [str(t) for t in cfg.hydra.overrides.task]
         params = cfg.hydra.sweeper.get("params")
-        params = OmegaConf.to_container(params) if params is not None else {}
+        params = container(params) if params is not None else {}
         return swept_keys_of(task, params)
-    except Exception:  # an unreadable record only costs the short names, never the sweep
+    except Exception:  # noqa: BLE001 - an unreadable record only costs the short names, never the sweep
         return None
 
 

@@ -17,72 +17,19 @@ from typing import Any
 from mmr1.run_dir import write_atomic  # parallel sweep jobs may all rewrite the report
 from mmr1.sweep.naming import point_overrides, short_label, swept_keys
 from mmr1.sweep.status import RunRecord, find_runs, read_run, status_cell
-
-WINDOW = 10
-# Collapse heuristic (until a run has the collapse guard's own record, guard_events.jsonl): the seed's
-# description is "a sharp reward drop ... loss, grad_norm and KL spike ... no subsequent recovery".
-DROP = 0.3           # absolute fall of a reward's rolling mean from its best (rewards are in [0, 1])
-SPIKE = 10.0         # KL / grad norm after the best point above this multiple of their median before it
-MIN_STEPS = 2 * WINDOW  # fewer logged steps than this: too short to call either way
+from mmr1.tracking.series import WINDOW, reward_names, rolling, series
+from mmr1.typed import container
 
 COLUMNS = ["run", "overrides", "status", "steps", "acc_final", "acc_best", "format_final", "kl_final",
            "grad_norm_max", "completion_length", "wall_time_s", "collapsed", "eval_acc", "eval_step"]
 PLOTS = {  # file -> (metrics key or "acc" for the accuracy reward, title)
-    "reward.png": ("acc", "accuracy reward (rolling mean)"),
-    "kl.png": ("kl", "KL to the reference"),
-    "grad_norm.png": ("grad_norm", "grad norm (before clipping)"),
-    "completion_length.png": ("completions/mean_length", "mean completion length (tokens)"),
+    "reward.png": ("acc", f"accuracy reward (raw, {WINDOW}-step rolling mean; dots: in-training eval)"),
+    "kl.png": ("kl", f"KL to the reference ({WINDOW}-step rolling mean)"),
+    "grad_norm.png": ("grad_norm", f"grad norm before clipping ({WINDOW}-step rolling mean)"),
+    "completion_length.png": ("completions/mean_length", f"mean completion length ({WINDOW}-step rolling mean)"),
+    # The reward-hacking signal seen on the tiny model: completions filling the cap.
+    "clipped_ratio.png": ("completions/clipped_ratio", f"clipped completions, share ({WINDOW}-step rolling mean)"),
 }
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
-        return float(v)  # metrics.jsonl keeps non-finite values as strings
-    return None
-
-
-def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
-    for r in rows:
-        v = _num(r.get(key))
-        if v is not None:
-            xs.append(int(r.get("step", len(xs) + 1)))
-            ys.append(v)
-    return xs, ys
-
-
-def rolling(ys: list[float], window: int = WINDOW) -> list[float]:
-    """Trailing mean over up to ``window`` values (shorter at the start)."""
-    out, acc = [], 0.0
-    for i, y in enumerate(ys):
-        acc += y
-        if i >= window:
-            acc -= ys[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
-
-
-def reward_names(rows: list[dict]) -> tuple[str | None, str | None]:
-    """(accuracy reward, format reward) among the logged ``rewards/<name>/mean`` keys.
-
-    The accuracy reward is the one named like it (``external_r1v_acc``, ``accuracy``...), else the
-    first reward that is not ``format``.
-    """
-    names = []
-    for r in rows:
-        for k in r:
-            if k.startswith("rewards/") and k.endswith("/mean"):
-                name = k[len("rewards/"):-len("/mean")]
-                if name not in names:
-                    names.append(name)
-    fmt = "format" if "format" in names else None
-    others = [n for n in names if n != fmt]
-    acc = next((n for n in others if "acc" in n.lower()), others[0] if others else None)
-    return acc, fmt
 
 
 def _tail_mean(ys: list[float]) -> float | None:
@@ -96,43 +43,34 @@ def guard_trips(rec: RunRecord) -> list[dict]:
 
 
 def collapse_verdict(rec: RunRecord) -> str:
-    """``no``, ``yes (...)``, ``drop only (...)``, or ``-`` when the run is too short to tell."""
+    """``no``, ``yes (...)`` or ``-`` (too short to tell), by the collapse guard's own definition: its
+    recorded trips when it ran, else its detector replayed over the run's metrics with the run's guard
+    settings (config.yaml), so the report and the guard can never disagree about what a collapse is."""
     trips = guard_trips(rec)
     if trips:
         ev = trips[0]
         why = next((str(ev[k]) for k in ("reason", "trigger", "kind", "message", "label") if ev.get(k)), "trip")
         action = f" -> {ev['action']}" if ev.get("action") else ""
         return f"yes (guard: {len(trips)} trip(s), first at step {ev.get('step', '?')}: {why}{action})"
-    for key in ("loss", "grad_norm"):
-        for x, y in zip(*series(rec.metrics, key)):
-            if not math.isfinite(y):
-                return f"yes (non-finite {key} at step {x})"
-    if len(rec.metrics) < MIN_STEPS:
-        return "-"
-    acc, fmt = reward_names(rec.metrics)
-    for name in (acc, fmt):
-        if name is None:
-            continue
-        _, ys = series(rec.metrics, f"rewards/{name}/mean")
-        if len(ys) < MIN_STEPS:
-            continue
-        smooth = rolling(ys)[WINDOW - 1:]
-        best_i = max(range(len(smooth)), key=smooth.__getitem__)
-        best, last = smooth[best_i], smooth[-1]
-        if best - last < DROP:
-            continue
-        best_step = best_i + WINDOW - 1
-        spikes = []
-        for key in ("kl", "grad_norm"):
-            _, vs = series(rec.metrics, key)
-            before, after = sorted(vs[:best_step + 1]), vs[best_step + 1:]
-            if before and after:
-                med = before[len(before) // 2]
-                if med > 0 and max(after) > SPIKE * med:
-                    spikes.append(f"{key} x{max(after) / med:.0f}")
-        what = f"{name} {best:.2f}->{last:.2f}"
-        return f"yes ({what}, {', '.join(spikes)})" if spikes else f"drop only ({what})"
-    return "no"
+    from mmr1.reliability.config import as_guard_config
+    from mmr1.reliability.guard import CollapseDetector
+
+    guard = as_guard_config(_run_config(rec).get("guard"))
+    detector = CollapseDetector(guard)
+    for row in rec.metrics:
+        trip = detector.update(row.get("step", 0), row)
+        if trip is not None:
+            return f"yes (guard replay: {trip.describe()})"
+    return "-" if len(rec.metrics) < guard.min_history else "no"
+
+
+def _run_config(rec: RunRecord) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    path = rec.path / "config.yaml"
+    if not path.exists():
+        return {}
+    return container(OmegaConf.load(path), resolve=False)
 
 
 def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
@@ -201,9 +139,10 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"acc = mean accuracy reward; final = mean of the last {WINDOW} logged steps, best = highest "
               f"{WINDOW}-step rolling mean; format, KL and completion length are last-{WINDOW} means. "
-              "collapsed: the collapse guard's trips when it ran, else a reward rolling mean falling "
-              f">= {DROP} below its best together with a KL or grad-norm spike (> {SPIKE:g}x its earlier median); "
-              f"'-' = fewer than {MIN_STEPS} steps. eval acc: mmr1.evaluate's eval.json when present, else the "
+              "collapsed: the collapse guard's trips when it ran, else its detector replayed over the run's "
+              "metrics with the run's guard settings (a reward drop together with a KL or grad-norm spike for "
+              "guard.patience steps, or a non-finite loss); '-' = fewer than guard.min_history steps. "
+              "eval acc: mmr1.evaluate's eval.json when present, else the "
               "last in-training evaluation (@ its step).", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -217,6 +156,16 @@ def _count_status(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
+def _beta(rec: RunRecord) -> float | None:
+    try:
+        import json
+
+        beta = json.loads((rec.path / "grpo_args.json").read_text()).get("beta")
+    except (OSError, ValueError):
+        return None
+    return float(beta) if isinstance(beta, (int, float)) else None
+
+
 def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -226,7 +175,7 @@ def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> li
     written = []
     for fname, (key, title) in PLOTS.items():
         fig, ax = plt.subplots(figsize=(7, 4))
-        drawn = 0
+        drawn, no_kl = 0, []
         for i, (rec, label) in enumerate(zip(runs, labels)):
             color = f"C{i % 10}"
             k = key
@@ -235,23 +184,37 @@ def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> li
                 k = f"rewards/{acc}/mean" if acc else ""
             xs, ys = series(rec.metrics, k)
             if not xs:
+                if key == "kl" and _beta(rec) == 0:
+                    no_kl.append(label)
                 continue
-            if key == "acc":
-                ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
-                ys = rolling(ys)
-            ax.plot(xs, ys, color=color, lw=1.4, label=label)
+            # Raw per step (faint) under its rolling mean: single GRPO steps are too noisy to compare runs by.
+            ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
+            ax.plot(xs, rolling(ys), color=color, lw=1.6, label=label)
+            if key == "acc" and k:
+                ex, ey = series(rec.eval_metrics, "eval_" + k)
+                if ex:
+                    ax.plot(ex, ey, color=color, ls="none", marker="o", ms=6, mec="black", mew=0.8)
             for ev in guard_trips(rec):
                 if "step" in ev:
                     ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
             drawn += 1
-        if not drawn:
+        if no_kl:
+            note = "KL not computed (beta=0): " + ", ".join(no_kl)
+            ax.text(0.5, 0.5 if not drawn else 0.95, note, ha="center", va="center" if not drawn else "top",
+                    transform=ax.transAxes, fontsize=9, color="0.3", wrap=True)
+        elif not drawn:
             ax.text(0.5, 0.5, "not logged by any run", ha="center", va="center", transform=ax.transAxes)
-        elif key == "grad_norm" and any(y > 0 for r in runs for y in series(r.metrics, key)[1]):
-            ax.set_yscale("symlog", linthresh=1e-3)  # a spike is orders of magnitude; keep the rest readable
-        ax.set_title(title)
+        if key == "grad_norm" and drawn:
+            vals = sorted(y for r in runs for y in series(r.metrics, key)[1] if math.isfinite(y) and y > 0)
+            if vals and vals[-1] > 20 * vals[len(vals) // 2]:  # a spike is orders of magnitude; keep the rest readable
+                ax.set_yscale("symlog", linthresh=vals[len(vals) // 2])
+        if key == "completions/clipped_ratio" and drawn:
+            ax.set_ylim(-0.03, 1.03)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.grid(alpha=0.25)
         if drawn:
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)

@@ -1,53 +1,247 @@
-"""``curves.png``: reward, per-reward means, KL, grad norm and completion length against step."""
+"""``curves.png``: what a run did, step by step, drawn to be read at the size it is written.
+
+Six panels: the total reward; each reward's mean (accuracy and format) with the in-training
+evaluation's points and the warm-start's gate accuracy as the starting reference; KL (or a note saying
+why there is none: ``beta=0`` computes no KL); grad norm; completion length against the cap; and the
+share of completions clipped at the cap, the reward-hacking signal seen on the tiny model (it learns to
+fill the cap with tags the format regex still accepts). Every series is drawn raw (thin) with its
+``WINDOW``-step trailing mean over it (thick): one GRPO step sees a handful of prompts, so the raw line
+alone is mostly noise. Guard trips and rollbacks are dashed red verticals.
+
+``plot_curves`` returns what it drew, read back from the figure's own artists (``Panel``/``Line``), so
+tests check the plotted data rather than pixels.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmr1.tracking.metrics import read_metrics
+from mmr1.tracking.series import WINDOW, reward_names, rolling, series
 
+# (panel key, title). The order is the grid's, row by row.
 PANELS = [
-    ("reward", ["reward"]),
-    ("per-reward mean", None),  # every rewards/<name>/mean
-    ("kl", ["kl"]),
-    ("grad_norm", ["grad_norm"]),
-    ("completion length", ["completions/mean_length"]),
+    ("reward", "total reward"),
+    ("rewards", "reward means (accuracy, format)"),
+    ("kl", "KL to the reference"),
+    ("grad_norm", "grad norm (before clipping)"),
+    ("length", "completion length (tokens)"),
+    ("clipped", "clipped completions (hit the cap)"),
 ]
+KL_OFF_NOTE = "KL not computed: beta=0"
+KL_MISSING_NOTE = "KL not logged"
+_RAW = {"lw": 0.8, "alpha": 0.35}
+_SMOOTH = {"lw": 1.8}
 
 
-def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
-    for r in rows:
-        v = r.get(key)
-        if isinstance(v, (int, float)):
-            xs.append(r["step"])
-            ys.append(float(v))
-    return xs, ys
+@dataclass
+class Line:
+    label: str
+    kind: str  # raw | rolling | eval | reference | event | cap
+    xs: list[float]
+    ys: list[float]
 
 
-def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[dict] | None = None) -> Path:
-    """Draw the run's curves; ``events`` (e.g. guard trips: {"step", "label"}) become vertical lines."""
+@dataclass
+class Panel:
+    key: str
+    title: str
+    lines: list[Line] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def line(self, label: str, kind: str) -> Line:
+        for ln in self.lines:
+            if ln.label == label and ln.kind == kind:
+                return ln
+        raise KeyError(f"{self.key}: no {kind} line {label!r}; have {[(ln.label, ln.kind) for ln in self.lines]}")
+
+    def kinds(self) -> set[str]:
+        return {ln.kind for ln in self.lines}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _draw_series(ax, xs: list[int], ys: list[float], label: str, color: str) -> None:
+    """The raw line (thin, faint) and its trailing mean over it (thick), in one colour."""
+    few = {"marker": ".", "ms": 5} if len(xs) <= 30 else {}  # a short run: show where the steps are
+    ax.plot(xs, ys, color=color, label=label, gid="raw", **_RAW, **few)
+    ax.plot(xs, rolling(ys, WINDOW), color=color, label=label, gid="rolling", **_SMOOTH)
+
+
+def _draw_eval(ax, xs: list[int], ys: list[float], label: str, color: str) -> None:
+    ax.plot(xs, ys, color=color, label=label, gid="eval", ls="none", marker="o", ms=6, mec="black", mew=0.8)
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.3",
+            gid="note")
+    ax.set_xticks([])
+    ax.set_yticks([])  # no data: 0..1 ticks would read as a scale
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[dict] | None = None,
+                eval_path: str | Path | None = None, beta: float | None = None,
+                warmstart_gate: float | None = None, max_completion_length: int | None = None,
+                ) -> dict[str, Panel]:
+    """Draw the run's curves into ``out_path``; return what was drawn, panel key -> ``Panel``.
+
+    ``events`` (guard trips, rollbacks: ``{"step", "label"}``) become vertical lines. ``eval_path``
+    defaults to ``eval_metrics.jsonl`` beside ``metrics_path``; ``beta`` and ``max_completion_length``
+    to the run's ``grpo_args.json`` there. ``warmstart_gate``: the warm-start's greedy held-out accuracy
+    (``mmr1.tracking.summary.warmstart_gate``), drawn as the accuracy's starting reference.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    metrics_path = Path(metrics_path)
+    run_dir = metrics_path.parent
     rows = read_metrics(metrics_path)
-    reward_keys = sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-    for ax, (title, keys) in zip(axes, PANELS):
-        for key in keys if keys is not None else reward_keys:
-            xs, ys = _series(rows, key)
-            if xs:
-                ax.plot(xs, ys, label=key.removeprefix("rewards/").removesuffix("/mean"), lw=1)
-        for ev in events or []:
-            ax.axvline(ev["step"], color="red", ls="--", lw=0.8)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if keys is None and reward_keys:
-            ax.legend(fontsize=7)
+    eval_rows = read_metrics(Path(eval_path) if eval_path is not None else run_dir / "eval_metrics.jsonl")
+    grpo_args = _read_json(run_dir / "grpo_args.json")
+    if beta is None and isinstance(grpo_args.get("beta"), (int, float)):
+        beta = float(grpo_args["beta"])
+    if max_completion_length is None and isinstance(grpo_args.get("max_completion_length"), int):
+        max_completion_length = grpo_args["max_completion_length"]
+
+    fig, grid = plt.subplots(2, 3, figsize=(14, 7.4))
+    axes = dict(zip((k for k, _ in PANELS), grid.flat))
+    titles = dict(PANELS)
+
+    # Total reward, with the evaluation's.
+    ax = axes["reward"]
+    xs, ys = series(rows, "reward")
+    if xs:
+        _draw_series(ax, xs, ys, "reward", "C0")
+    ex, ey = series(eval_rows, "eval_reward")
+    if ex:
+        _draw_eval(ax, ex, ey, "reward", "C0")
+    if not xs and not ex:
+        _note(ax, "reward not logged")
+
+    # Each reward's mean: accuracy first, then format, then any other.
+    ax = axes["rewards"]
+    acc, fmt = reward_names(rows + eval_rows)
+    names = sorted({k[len("rewards/"):-len("/mean")] for r in rows for k in r
+                    if k.startswith("rewards/") and k.endswith("/mean")}
+                   | {k[len("eval_rewards/"):-len("/mean")] for r in eval_rows for k in r
+                      if k.startswith("eval_rewards/") and k.endswith("/mean")},
+                   key=lambda n: (n != acc, n != fmt, n))
+    for i, name in enumerate(names):
+        color = f"C{i + 1}"
+        xs, ys = series(rows, f"rewards/{name}/mean")
+        label = f"accuracy ({name})" if name == acc else name
+        if xs:
+            _draw_series(ax, xs, ys, label, color)
+        ex, ey = series(eval_rows, f"eval_rewards/{name}/mean")
+        if ex:
+            _draw_eval(ax, ex, ey, label, color)
+    if warmstart_gate is not None:
+        ax.axhline(warmstart_gate, color="0.3", ls=":", lw=1.4, gid="reference",
+                   label=f"warm-start gate {warmstart_gate:.2f} (greedy, held-out)")
+    if not names:
+        _note(ax, "no rewards/<name>/mean logged")
+    else:
+        lo = min([0.0] + [y for ln in ax.get_lines() for y in ln.get_ydata() if math.isfinite(y)])
+        hi = max([1.0] + [y for ln in ax.get_lines() for y in ln.get_ydata() if math.isfinite(y)])
+        if lo >= 0.0 and hi <= 1.0:
+            ax.set_ylim(-0.03, 1.05)  # rewards in [0, 1]: the whole range, so a plateau reads as one
+
+    # KL: TRL logs none when beta=0 (no reference model); say so instead of an empty frame.
+    ax = axes["kl"]
+    xs, ys = series(rows, "kl")
+    if xs:
+        _draw_series(ax, xs, ys, "kl", "C5")
+    else:
+        _note(ax, KL_OFF_NOTE if beta == 0 else KL_MISSING_NOTE)
+
+    ax = axes["grad_norm"]
+    xs, ys = series(rows, "grad_norm")
+    if xs:
+        _draw_series(ax, xs, ys, "grad_norm", "C6")
+        finite = sorted(y for y in ys if math.isfinite(y) and y > 0)
+        if finite and finite[-1] > 20 * finite[len(finite) // 2]:
+            ax.set_yscale("symlog", linthresh=max(finite[0], 1e-3))  # a spike is orders of magnitude
+    else:
+        _note(ax, "grad_norm not logged")
+
+    ax = axes["length"]
+    xs, ys = series(rows, "completions/mean_length")
+    if xs:
+        _draw_series(ax, xs, ys, "mean length", "C7")
+    if max_completion_length:
+        ax.axhline(max_completion_length, color="black", ls="--", lw=1.0,
+                   label=f"cap {max_completion_length}", gid="cap")
+        ax.set_ylim(0, max_completion_length * 1.08)
+    if not xs:
+        _note(ax, "completion length not logged")
+
+    ax = axes["clipped"]
+    xs, ys = series(rows, "completions/clipped_ratio")
+    if xs:
+        _draw_series(ax, xs, ys, "clipped ratio", "C3")
+        ax.set_ylim(-0.03, 1.03)
+    else:
+        _note(ax, "completions/clipped_ratio not logged")
+
+    for key, ax in axes.items():
+        for i, ev in enumerate(events or []):
+            ax.axvline(ev["step"], color="red", ls="--", lw=1.0, gid="event",
+                       label=ev.get("label", "guard") if key == "reward" and i == 0 else f"_{ev.get('label')}")
+        ax.set_title(titles[key], fontsize=11)
+        ax.set_xlabel("step", fontsize=9)
+        ax.tick_params(labelsize=8)
+        if ax.get_xticks().size:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, not 1.25
+        ax.grid(alpha=0.25)
+        _legend(ax, key)
+    fig.suptitle(f"{run_dir.name}: raw per step (thin), {WINDOW}-step rolling mean (thick), "
+                 "in-training eval (dots)", fontsize=10, color="0.3")
     fig.tight_layout()
     out = Path(out_path)
     fig.savefig(out, dpi=90)
+    drawn = _read_back(axes, titles)
     plt.close(fig)
+    return drawn
+
+
+def _legend(ax, key: str) -> None:
+    """One entry per series (its rolling line), plus eval dots, the gate, the cap and the first event."""
+    handles, seen = [], set()
+    for ln in ax.get_lines():
+        kind, label = ln.get_gid(), ln.get_label()
+        if label.startswith("_") or kind == "raw":
+            continue
+        text = {"rolling": label, "eval": f"{label} (eval)"}.get(kind, label)
+        if key in ("reward", "kl", "grad_norm", "length", "clipped") and kind == "rolling":
+            text = f"rolling mean ({WINDOW})"
+        if text in seen:
+            continue
+        seen.add(text)
+        handles.append((ln, text))
+    if handles:
+        ax.legend([h for h, _ in handles], [t for _, t in handles], fontsize=8, loc="best", framealpha=0.8)
+
+
+def _read_back(axes: dict, titles: dict[str, str]) -> dict[str, Panel]:
+    out = {}
+    for key, ax in axes.items():
+        panel = Panel(key, titles[key])
+        for ln in ax.get_lines():
+            label = ln.get_label().lstrip("_")
+            panel.lines.append(Line(label, ln.get_gid() or "", [float(x) for x in ln.get_xdata()],
+                                    [float(y) for y in ln.get_ydata()]))
+        panel.notes = [t.get_text() for t in ax.texts if t.get_gid() == "note"]
+        out[key] = panel
     return out

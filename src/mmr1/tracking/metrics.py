@@ -23,7 +23,7 @@ def _jsonable(value: Any) -> Any:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a metrics.jsonl; a torn last line (killed mid-write) is ignored."""
-    rows = []
+    rows: list[dict] = []
     p = Path(path)
     if not p.exists():
         return rows

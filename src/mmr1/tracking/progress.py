@@ -53,7 +53,7 @@ def sweep_point_desc() -> str | None:
         total = os.environ.get("MMR1_SWEEP_TOTAL")  # set by mmr1.sweep.callback.SweepReport
         name = os.path.basename(hc.runtime.output_dir).split("_", 1)[-1]
         return f"[{num + 1}/{total}] {name}" if total else f"[{num + 1}] {name}"
-    except Exception:
+    except Exception:  # noqa: BLE001 - a label for the progress bar, never worth a failed run
         return None
 
 

@@ -10,7 +10,7 @@ cannot know:
   (``1_beta=0.001``) inside a ``--multirun``, so one sweep is one group of comparable runs;
 - ``id`` kept in the run directory (``wandb_run_id``), so a resumed run appends to the same wandb run;
 - secrets: the config is redacted and wandb's command-line/metadata capture is off (a token passed as an
-  override would otherwise be stored, notes/reliability-facts.md).
+  override would otherwise be stored: wandb records sys.argv and the program's metadata by default).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def sweep_group_and_name(run_dir: Path) -> tuple[str | None, str | None]:
         hc = HydraConfig.get()
         sweep = hc.runtime.choices.get("sweep") or "multirun"
         return f"{sweep}-{Path(hc.sweep.dir).name}", run_dir.name
-    except Exception:
+    except Exception:  # noqa: BLE001 - no grouping is better than no run
         return None, None
 
 

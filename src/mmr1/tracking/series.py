@@ -1,0 +1,58 @@
+"""Per-step series read from metrics.jsonl rows: one reader for the run's curves, its summary and sweep reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+WINDOW = 10  # steps of the rolling means drawn over raw values (curves.png, sweep overlays, summaries)
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
+        return float(v)  # metrics.jsonl keeps non-finite values as strings
+    return None
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    xs: list[int] = []
+    ys: list[float] = []
+    for r in rows:
+        v = _num(r.get(key))
+        if v is not None:
+            xs.append(int(r.get("step", len(xs) + 1)))
+            ys.append(v)
+    return xs, ys
+
+
+def rolling(ys: list[float], window: int = WINDOW) -> list[float]:
+    """Trailing mean over up to ``window`` values (shorter at the start)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def reward_names(rows: list[dict]) -> tuple[str | None, str | None]:
+    """(accuracy reward, format reward) among the logged ``rewards/<name>/mean`` keys.
+
+    The accuracy reward is the one named like it (``external_r1v_acc``, ``accuracy``...), else the
+    first reward that is not ``format``.
+    """
+    names = []
+    for r in rows:
+        for k in r:
+            if k.startswith("rewards/") and k.endswith("/mean"):
+                name = k[len("rewards/"):-len("/mean")]
+                if name not in names:
+                    names.append(name)
+    fmt = "format" if "format" in names else None
+    others = [n for n in names if n != fmt]
+    acc = next((n for n in others if "acc" in n.lower()), others[0] if others else None)
+    return acc, fmt

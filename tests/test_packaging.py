@@ -1,0 +1,69 @@
+"""A wheel built from the repo runs on its own: configs inside the package, console scripts (issue 12, item 1).
+
+The editable install hides packaging mistakes (it reads `src/` in place): this builds the wheel, installs it
+into a fresh target directory, and runs it from a directory outside the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import tomllib
+
+from testkit import REPO
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(REPO)], check=True, capture_output=True, timeout=600)
+    (whl,) = out.glob("mmr1-*.whl")
+    return whl
+
+
+def test_wheel_holds_every_config_and_prompt(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {n.removeprefix("mmr1/conf/") for n in names if n.startswith("mmr1/conf/") and n.endswith(".yaml")}
+    in_repo = {str(p.relative_to(REPO / "src/mmr1/conf")) for p in (REPO / "src/mmr1/conf").rglob("*.yaml")}
+    assert shipped == in_repo and "train.yaml" in shipped and "experiment/geoqa.yaml" in shipped
+    assert "mmr1/prompts/r1v_system.txt" in names
+
+
+def test_installed_wheel_dry_runs_outside_the_repo(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled"}
+    code = "import mmr1, sys; print(mmr1.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert where.startswith(str(target)), where  # the installed copy, not the repo's src/
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "mmr1.train", "+experiment=geoqa", "dry_run=true",
+                           f"hydra.run.dir={run_dir}"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "grpo_args.json").exists() and "mmr1 dry run" in proc.stdout
+    # The console script of the wheel runs the same app.
+    script = target / "bin" / "mmr1-train"
+    assert script.exists()
+    proc = subprocess.run([sys.executable, str(script), "dry_run=true", f"hydra.run.dir={tmp_path / 'run2'}"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_console_scripts_point_at_real_entry_points():
+    import importlib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"mmr1-train", "mmr1-evaluate", "mmr1-report", "mmr1-data", "mmr1-guard"} <= set(scripts)
+    for target in scripts.values():
+        module, _, func = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
