@@ -19,3 +19,7 @@ def tiny_processor():
     from mmr1.models.tiny import tiny_qwen2_5_vl_path
 
     return load_processor(str(tiny_qwen2_5_vl_path()), min_pixels=None, max_pixels=None)
+
+# Reward plugin files are loaded by path by the tests (as users' plugins are): importing them here too, for
+# the doctest collection (--doctest-modules), would register their rewards twice.
+collect_ignore = ["rewards/fault_plugin.py", "reliability/plugins.py"]
