@@ -93,7 +93,7 @@ def test_sigterm_to_mmr1_unwinds_like_ctrl_c(tmp_path):
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):  # http.server's method name
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
 

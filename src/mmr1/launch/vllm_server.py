@@ -92,7 +92,7 @@ def server_env(gpu_ids: list[str]) -> dict[str, str]:
 
 def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as resp:  # noqa: S310 (own server)
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as resp:  # our own server's URL
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
