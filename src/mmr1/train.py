@@ -94,6 +94,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_path = policy.path
     model = load_model(model_path, cfg.model)
 
+    from mmr1.launch.deepspeed import cpu_state
+
+    # DeepSpeed on CPU ranks: accelerate's state on DeepSpeed's CPU accelerator (not in grpo_args.json).
+    run_kwargs = {**grpo_kwargs, **cpu_state(cfg, grpo_kwargs.get("ddp_timeout", 1800))}
     metrics_cb = MetricsJsonlCallback(run_dir)
     if data.stats.get("skipped"):
         metrics_cb.extra["data/skipped_rows"] = data.stats["skipped"]
@@ -103,12 +107,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model=model,
         context_length=context,  # completions end where the rollout context does, on every backend
         reward_funcs=reward_funcs,
-        args=GRPOConfig(**grpo_kwargs),
+        args=GRPOConfig(**run_kwargs),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=processor,
         callbacks=[metrics_cb],
     )
+    if cfg.deepspeed.enabled and not trainer.is_deepspeed_enabled:
+        raise RuntimeError("deepspeed is enabled in the config but the Trainer is not running DeepSpeed "
+                           f"(accelerate distributed type {trainer.accelerator.distributed_type})")
     from mmr1.tracking.progress import install as install_progress
     from mmr1.tracking.wandb_run import setup_wandb
 

@@ -44,11 +44,16 @@ def test_one_process_trains_here(tmp_path):
     assert plan["relaunch"] is False and plan["processes"][0]["in_process"] is True
 
 
-def test_gpu_work_on_a_cpu_machine_is_refused_before_anything_starts(tmp_path):
+def test_gpu_work_on_a_cpu_machine_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    real_find_spec = run_mod.importlib.util.find_spec
+    monkeypatch.setattr(run_mod.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a))
     cfg = compose_cfg(["+experiment=geoqa"], run_dir=tmp_path)
     with pytest.raises(LayoutError) as err:
         launch(cfg, lambda c: pytest.fail("must not train"))
-    assert "need GPUs" in str(err.value) and "deepspeed is not installed" in str(err.value)
+    # vLLM needs GPUs; DeepSpeed does not (its CPU accelerator), it only has to be installed.
+    assert "rollout=vllm needs GPUs" in str(err.value) and "DeepSpeed" not in str(err.value).split("\n")[1]
+    assert "deepspeed is not installed" in str(err.value)
 
 
 @pytest.mark.parametrize("trainer_rc", [0, 3])

@@ -7,6 +7,8 @@ the file needs none, and the CPU path never installs it (optional extra ``[gpu]`
 from __future__ import annotations
 
 import json
+import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,31 @@ def write_deepspeed_config(ds: DictConfig, run_dir: str | Path) -> Path:
     path = Path(run_dir) / FILENAME
     write_atomic(path, json.dumps(deepspeed_config(ds), indent=2) + "\n")
     return path
+
+
+def cpu_state(cfg: DictConfig, timeout_s: float = 1800) -> dict[str, Any]:
+    """In a DeepSpeed rank on a machine without CUDA: set up accelerate's process state on DeepSpeed's CPU
+    accelerator and return the GRPOConfig kwargs that make the Trainer use it ({} anywhere else).
+
+    transformers' TrainingArguments builds ``PartialState(use_deepspeed)`` without a backend; accelerate then
+    finds no GPU backend and, although DeepSpeed initialises torch.distributed (gloo), records "no
+    distributed training": every rank believes it is rank 0 of 1. Given the backend, the same state is
+    DeepSpeed on 2+ ranks; ``use_configured_state`` has the Trainer take it as it is.
+    """
+    from mmr1.launch.layout import in_launched_rank
+
+    if not cfg.deepspeed.enabled or not in_launched_rank():
+        return {}
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    from accelerate import PartialState
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() != "cpu":
+        return {}
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate launch --use_deepspeed set it already
+    PartialState(backend=accel.communication_backend_name(), timeout=timedelta(seconds=timeout_s))
+    return {"accelerator_config": {"use_configured_state": True}}

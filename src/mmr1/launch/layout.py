@@ -178,7 +178,9 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
     # Train in this process only when nothing needs a separate process or hidden GPUs (a single process
     # that sees spare GPUs would turn them into a silent torch DataParallel).
     hides_gpus = bool(gpus_per_node) and len(ids) > len(trainer_ids)
-    relaunch = lc.name == "accelerate" or world > 1 or hides_gpus
+    # DeepSpeed initialises torch.distributed from the launcher's env (RANK, WORLD_SIZE, ...): in a bare process
+    # it falls back to MPI discovery (mpi4py), so even one DeepSpeed process goes through accelerate launch.
+    relaunch = lc.name == "accelerate" or world > 1 or hides_gpus or bool(cfg.deepspeed.enabled)
     layout = Layout(lc.name, nproc, nnodes, node_rank, master_addr, master_port, gpus_per_node, ids,
                     trainer_ids, server_ids if server_here else [], starts_server, relaunch, src)
     errors += check_layout(cfg, layout)

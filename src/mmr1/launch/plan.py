@@ -53,11 +53,17 @@ def accelerate_command(cfg: DictConfig, layout: Layout, run_dir: str | Path, ove
     return cmd + ["--module", "mmr1.train", *rank_args(overrides, run_dir)]
 
 
-def launcher_env(layout: Layout) -> dict[str, str]:
+def launcher_env(layout: Layout, deepspeed: bool = False) -> dict[str, str]:
     """Environment differences of the accelerate process (inherited by every rank it starts)."""
     env = {LAUNCHED_ENV: "1"}
     if uses_cpu(layout):
-        env["ACCELERATE_USE_CPU"] = "true"
+        if deepspeed:
+            # Not ACCELERATE_USE_CPU: accelerate (state.py) and transformers (training_args.py) then skip
+            # DeepSpeed without a word and train plain DDP. DeepSpeed's CPU accelerator instead (gloo
+            # without oneCCL); the ranks hand accelerate its backend (mmr1.launch.deepspeed.cpu_state).
+            env["DS_ACCELERATOR"] = "cpu"
+        else:
+            env["ACCELERATE_USE_CPU"] = "true"
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(layout.trainer_gpu_ids)
     return env
@@ -69,7 +75,7 @@ def build_plan(cfg: DictConfig, layout: Layout, run_dir: str | Path, overrides: 
     r = cfg.rollout
     processes: list[dict[str, Any]] = []
     if layout.relaunch:
-        base_env = launcher_env(layout)
+        base_env = launcher_env(layout, bool(cfg.deepspeed.enabled))
         processes.append({"role": "launcher", "command": accelerate_command(cfg, layout, run_dir, overrides),
                           "env": base_env})
         for local in range(layout.nproc_per_node):

@@ -70,11 +70,9 @@ def plan_file(node_rank: int) -> str:
 def _check_can_run(cfg: DictConfig, plan: dict) -> None:
     """What only a real run needs (the dry run reports these as warnings): GPUs and the [gpu] extra."""
     problems = []
-    gpu_work = [what for what, on in (("rollout=vllm", cfg.rollout.backend == "vllm"),
-                                      ("DeepSpeed", cfg.deepspeed.enabled)) if on]
-    if gpu_work and not plan["gpus_checked"]:
-        problems.append(f"{' and '.join(gpu_work)} need GPUs, and none were found "
-                        "(use rollout=hf deepspeed=none on a CPU machine)")
+    # DeepSpeed runs on a CPU too: its CPU accelerator (gloo when oneCCL is absent); vLLM does not.
+    if cfg.rollout.backend == "vllm" and not plan["gpus_checked"]:
+        problems.append("rollout=vllm needs GPUs, and none were found (use rollout=hf on a CPU machine)")
     if cfg.deepspeed.enabled and importlib.util.find_spec("deepspeed") is None:
         problems.append("deepspeed is not installed: pip install 'mmr1[gpu]'")
     starts_server = any(p["role"] == "rollout_server" for p in plan["processes"])
@@ -133,7 +131,8 @@ def launch(cfg: DictConfig, train: Callable[[DictConfig], dict[str, Any]]) -> di
             if not layout.relaunch:
                 return train(cfg)
             cmd = accelerate_command(cfg, layout, run_dir, hydra_context()[0])
-            trainers = sup.start("trainer ranks (accelerate launch)", cmd, env={**os.environ, **launcher_env(layout)})
+            env = {**os.environ, **launcher_env(layout, bool(cfg.deepspeed.enabled))}
+            trainers = sup.start("trainer ranks (accelerate launch)", cmd, env=env)
             rc = sup.wait(trainers)
             if rc != 0:
                 raise LaunchError(f"the trainer ranks (accelerate launch, {layout.world_size} processes) exited "

@@ -113,6 +113,12 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
     with interrupt.installed():
         while True:
             restart.checkpoint = checkpoint
+            if trainer.is_deepspeed_enabled and trainer.model_wrapped is not trainer.model:
+                # A rollback's second train(): accelerate's free_memory() destroyed the DeepSpeed engine, and
+                # Trainer, finding model_wrapped still wrapped, would skip accelerator.prepare (no new engine:
+                # "'NoneType' object has no attribute 'backward'"). The bare module gets a fresh engine, and
+                # Trainer's DeepSpeed resume loads the checkpoint's shards into it.
+                trainer.model_wrapped = trainer.model
             trainer.train(resume_from_checkpoint=checkpoint)
             if interrupt.fired:
                 _exit_interrupted(trainer, interrupt, run_dir)
@@ -127,11 +133,15 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
                                 f"Evidence: {run_dir / 'guard_events.jsonl'}, metrics.jsonl, curves.png.")
             to_step = _step_of(str(target))
             if rollbacks >= gcfg.max_rollbacks:
-                if trainer.is_deepspeed_enabled:  # sharded weights cannot be swapped in place here
-                    _finish_curves(run_dir)
-                    raise GuardStop(f"{trip.describe()}. Gave up after {rollbacks} rollback(s); the last good "
-                                    f"weights are in {target}.")
-                trainer._load_from_checkpoint(str(target))  # end on the weights from before the trip
+                if trainer.is_deepspeed_enabled:
+                    # The live engine loads its own sharded states in place (as Trainer's load_best_model_at_end
+                    # does); final/ is then gathered from them.
+                    from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+                    deepspeed_load_checkpoint(trainer.model_wrapped, str(target),
+                                              load_module_strict=not hasattr(trainer.model, "peft_config"))
+                else:
+                    trainer._load_from_checkpoint(str(target))  # end on the weights from before the trip
                 _event(trainer, run_dir, "gave_up", trip, target, to_step, rollbacks, gcfg)
                 log.error("%s; gave up after %d rollback(s): final weights are %s's", trip.describe(),
                           rollbacks, target)

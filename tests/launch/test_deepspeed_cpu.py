@@ -1,0 +1,138 @@
+"""DeepSpeed ZeRO-2/3 executed: 2 CPU ranks through `accelerate launch` on DeepSpeed's CPU accelerator (gloo
+without oneCCL), the code path of the GPU runs: ZeRO-3 gathering for generation, DeepSpeed's sharded states
+in checkpoint-N/global_stepN/, the gathered weights in final/, exact resume, the collapse guard's rollback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from launch_helpers import REPO, free_port
+
+from mmr1.reliability.checkpoints import MARKER, checkpoint_dirs
+
+pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.slow
+
+PLUGINS = REPO / "tests" / "reliability" / "plugins.py"
+# 2 ranks x 4 completions = 2 prompts x 4 generations a step; 4 rows: 2 steps an epoch; non-zero gradients.
+RECIPE = ["model.warmstart.enabled=false", "dataset.num_samples=4", "trainer.per_device_train_batch_size=4",
+          "trainer.num_generations=4", "trainer.max_completion_length=8", "trainer.mask_truncated_completions=false",
+          "reward.funcs=[hash_reward]", f"reward.plugins=[{PLUGINS}]", "trainer.max_steps=4", "trainer.save_steps=2",
+          "trainer.save_total_limit=2"]
+ENV = {"NPROC_PER_NODE": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+
+
+def _env(**extra) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **ENV, "MASTER_PORT": str(free_port()), **extra}
+
+
+def _cli(args: list[str], run: Path, check: bool = True, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "mmr1.train", *args, f"hydra.run.dir={run}"], cwd=REPO,
+                          env=_env(**env), capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    import torch
+
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _rows(run: Path) -> dict[int, dict]:
+    from mmr1.tracking.metrics import read_metrics
+
+    return {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
+
+
+def _same_rows(a: dict, b: dict) -> bool:
+    keep = [k for k in a if not any(t in k for t in ("step_time", "runtime", "per_second"))]
+    return set(a) == set(b) and all(a[k] == b[k] or a[k] != a[k] and b[k] != b[k] for k in keep)
+
+
+@pytest.fixture(scope="module")
+def zero3_straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("z3") / "straight"
+    _cli(["deepspeed=zero3", *RECIPE], run)
+    return run
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_trains_on_two_cpu_ranks_and_saves_deepspeed_checkpoints(stage, tmp_path, zero3_straight):
+    run = zero3_straight if stage == 3 else tmp_path / "run"
+    if stage == 2:
+        _cli(["deepspeed=zero2", *RECIPE], run)
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 4 and info["world_size"] == 2
+    assert json.loads((run / "deepspeed.json").read_text())["zero_optimization"]["stage"] == stage
+    assert [s for s, _ in checkpoint_dirs(run)] == [2, 4]
+    ckpt = run / "checkpoint-4"
+    shards = sorted(p.name for p in (ckpt / "global_step4").iterdir())
+    per_rank = "zero_pp_rank_{}_mp_rank_00_optim_states.pt"
+    assert per_rank.format(0) in shards and per_rank.format(1) in shards  # the optimizer state, sharded
+    marker = json.loads((ckpt / MARKER).read_text())
+    assert f"global_step4/{per_rank.format(1)}" in marker["files"]  # the marker covers DeepSpeed's files
+    assert (ckpt / "latest").read_text().strip() == "global_step4"
+    # final/: one gathered model.safetensors that transformers loads as it is
+    from transformers import AutoModelForImageTextToText
+
+    AutoModelForImageTextToText.from_pretrained(str(run / "final"))
+
+
+def test_zero3_resume_after_kill_is_exact(zero3_straight, tmp_path):
+    run, sentinel = tmp_path / "run", tmp_path / "in_step_4"
+    args = ["deepspeed=zero3", *RECIPE, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "mmr1.train", *args], cwd=REPO, start_new_session=True,
+                            env=_env(MMR1_TEST_SLOW_FROM="3", MMR1_TEST_SLOW_S="600", MMR1_TEST_SENTINEL=str(sentinel)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not sentinel.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)  # mmr1; the launcher and the ranks are in their own session:
+    proc.wait()
+    from launch_helpers import processes_mentioning
+
+    for p in processes_mentioning(str(run)):
+        p.kill()
+    assert (run / "checkpoint-2" / MARKER).exists() and not (run / "checkpoint-4" / MARKER).exists()
+    log = _cli(["deepspeed=zero3", *RECIPE], run).stdout
+    assert "continuing from" in log and "checkpoint-2" in log
+    resumed, straight = _rows(run), _rows(zero3_straight)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    assert all(_same_rows(resumed[s], straight[s]) for s in (3, 4))  # bit for bit
+    assert _same_weights(run / "final" / "model.safetensors", zero3_straight / "final" / "model.safetensors")
+
+
+def test_zero3_guard_rolls_back_then_gives_up_on_the_last_good_weights(tmp_path):
+    run = tmp_path / "run"
+    args = ["deepspeed=zero3", *[o for o in RECIPE if not o.startswith(("reward.funcs=", "trainer.max_steps="))],
+            "reward.funcs=[collapse_reward]", "trainer.scale_rewards=none", "trainer.max_steps=8",
+            "guard.min_history=2", "guard.window=4", "guard.patience=2", "guard.max_rollbacks=1"]
+    _cli(args, run, MMR1_TEST_COLLAPSE_AT="4")
+    from mmr1.reliability.guard import read_events
+
+    events = read_events(run)
+    assert [(e["event"], e["step"]) for e in events] == [("trip", 6), ("rollback", 6), ("trip", 6), ("gave_up", 6)]
+    rows = _rows(run)
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6] and rows[5]["guard/rollbacks"] == 1
+    assert json.loads((run / "run_info.json").read_text())["status"] == "guard_gave_up"
+    assert _same_weights(run / "final" / "model.safetensors", run / "checkpoint-4" / "model.safetensors")
