@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import deepspeed  # noqa: F401  - in the dev extra: a missing DeepSpeed must fail here, not skip
 import pytest
 from launch_helpers import REPO, free_port
 
 from mmr1.reliability.checkpoints import MARKER, checkpoint_dirs
 
-pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow
 
 PLUGINS = REPO / "tests" / "reliability" / "plugins.py"
