@@ -21,11 +21,14 @@ class Policy:
     limits: Any  # mmr1.data.PixelLimits: one resolution for data, trainer and rollout
 
 
-def prepare_policy(cfg: DictConfig, *, warmstart: bool = True) -> Policy:
+def prepare_policy(cfg: DictConfig, *, warmstart: bool = True, limits: Any = None) -> Policy:
+    """``limits``: the already resolved image limits (resolving them again would repeat the config-vs-env
+    warning); None resolves them here."""
     from mmr1.data import resolve_pixel_limits
     from mmr1.models import load_processor, resolve_model_path
 
-    limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
+    if limits is None:
+        limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     base = resolve_model_path(cfg.model)
     processor = load_processor(base, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
                                trust_remote_code=cfg.model.trust_remote_code)

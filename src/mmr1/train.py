@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_config(cfg, run_dir)
         write_json(run_dir / "grpo_args.json", grpo_kwargs)
         if cfg.rehearsal.enabled:
-            write_json(run_dir / "rehearsal.json", rehearsal_swaps)  # key, experiment value, rehearsal value
+            write_json(run_dir / "rehearsal.json", rehearsal_swaps)  # setting, experiment value, rehearsal value
         if cfg.deepspeed.enabled:
             write_deepspeed_config(cfg.deepspeed, run_dir)  # what grpo_kwargs["deepspeed"] points to
     if cfg.dry_run:
@@ -78,7 +78,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mmr1.tracking.summary import build_summary, warmstart_gate
 
     seed = cfg.trainer.seed
-    policy = prepare_policy(cfg, warmstart=False)  # the warm-start (minutes) waits until the data is known good
+    # The warm-start (minutes) waits until the data is known good.
+    policy = prepare_policy(cfg, warmstart=False, limits=limits)
     processor = policy.processor
     data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
     # Every prompt, measured with its own image's tokens, against trainer.max_length and the rollout context,
