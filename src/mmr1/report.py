@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmr1.sweep.report import render_markdown, write_report
+from mmr1.sweep.table import render_markdown, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
     assert set(result["sampled"]["pass_at_k"]) == {"1", "2"}
     assert result["sampled"]["pass_at_k"]["1"] <= result["sampled"]["pass_at_k"]["2"]
 
-    from mmr1.sweep.report import write_report
+    from mmr1.sweep.table import write_report
 
     (row,) = write_report(run, plots=False)
     assert row["eval_acc"] == result["accuracy"] and row["eval_step"] == "eval.json"

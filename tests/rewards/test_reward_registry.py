@@ -32,7 +32,7 @@ def test_duplicate_names_are_refused():
 
 def test_dotted_paths_resolve():
     assert get("mmr1.rewards.accuracy:external_r1v_acc") is get("external_r1v_acc")
-    assert get("mmr1.rewards.format.format") is get("format")
+    assert get("mmr1.rewards.format.format_reward") is get("format")
 
 
 def test_a_plugin_file_registers_a_reward_used_by_name_from_config():

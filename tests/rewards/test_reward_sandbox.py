@@ -11,14 +11,14 @@ import pytest
 from test_reward_accuracy import generated_cases, seed
 
 from mmr1.rewards import (
-    GuardedReward,
+    WatchedReward,
     RewardConfig,
     RewardWatchdogError,
     SandboxError,
     WorkerPool,
     build_reward_funcs,
 )
-from mmr1.rewards.guard import FailureLog
+from mmr1.rewards.watchdog import FailureLog
 from mmr1.rewards.registry import spec
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
@@ -179,7 +179,7 @@ def test_batch_budget(funcs):
     # The module's pool, with a generous per-item budget: only the batch budget can end this call.
     sleeps = funcs["fault_sleeps"]
     cfg = RewardConfig(funcs=["fault_sleeps"], timeout_s=30.0, batch_timeout_s=2.5, all_zero_patience=0)
-    guarded = GuardedReward("fault_sleeps", sleeps.spec, cfg, sleeps.pool, FailureLog(None, 0))
+    guarded = WatchedReward("fault_sleeps", sleeps.spec, cfg, sleeps.pool, FailureLog(None, 0))
     assert sleeps.pool.wait_ready()
     t0 = time.monotonic()
     assert guarded(completions=["a", "b", "c", "d"]) == [0.0] * 4
@@ -227,7 +227,7 @@ def _pool(**kw):
 
 def _guarded(name, pool, timeout_s, batch_timeout_s):
     cfg = RewardConfig(funcs=[name], timeout_s=timeout_s, batch_timeout_s=batch_timeout_s, all_zero_patience=0)
-    return GuardedReward(name, spec(name, [PLUGIN]), cfg, pool, FailureLog(None, 0))
+    return WatchedReward(name, spec(name, [PLUGIN]), cfg, pool, FailureLog(None, 0))
 
 
 def _call_bounded(fn, limit_s, **kwargs):

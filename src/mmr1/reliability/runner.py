@@ -42,7 +42,7 @@ class GuardStop(RuntimeError):
 
 
 @dataclass
-class Outcome:
+class RunResult:
     status: str  # finished | guard_gave_up
     rollbacks: int = 0
     events: list[dict] = field(default_factory=list)
@@ -88,7 +88,7 @@ def _insert_before(trainer: Any, before: Any, *callbacks: TrainerCallback) -> No
     cbs[i:i] = callbacks
 
 
-def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None, metrics_cb: Any) -> Outcome:
+def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None, metrics_cb: Any) -> RunResult:
     """Train to the end (through rollbacks); exit 130/143 after a Ctrl-C/SIGTERM checkpoint."""
     run_dir = Path(run_dir)
     gcfg = as_guard_config(cfg.get("guard"))
@@ -124,7 +124,7 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
                 _exit_interrupted(trainer, interrupt, run_dir)
             trip, guard.pending = guard.pending, None
             if trip is None:
-                return Outcome("finished", rollbacks, curve_events(run_dir))
+                return RunResult("finished", rollbacks, curve_events(run_dir))
             target, _ = select_checkpoint(run_dir, before_step=trip.streak_start)
             if gcfg.action == GuardAction.stop or target is None:
                 _finish_curves(run_dir)
@@ -145,7 +145,7 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
                 _event(trainer, run_dir, "gave_up", trip, target, to_step, rollbacks, gcfg)
                 log.error("%s; gave up after %d rollback(s): final weights are %s's", trip.describe(),
                           rollbacks, target)
-                return Outcome("guard_gave_up", rollbacks, curve_events(run_dir))
+                return RunResult("guard_gave_up", rollbacks, curve_events(run_dir))
             rollbacks += 1
             _event(trainer, run_dir, "rollback", trip, target, to_step, rollbacks, gcfg)
             if trainer.is_world_process_zero():

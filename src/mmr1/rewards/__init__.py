@@ -10,7 +10,7 @@ Public API (scripts outside the package use these names):
 
 from mmr1.rewards.build import FAILURES_FILE, build_reward_funcs
 from mmr1.rewards.config import OnAllZero, RewardConfig, RewardConfigError
-from mmr1.rewards.guard import GuardedReward, RewardWatchdogError
+from mmr1.rewards.watchdog import WatchedReward, RewardWatchdogError
 from mmr1.rewards.registry import REWARDS, get, load_plugins, names, register
 from mmr1.rewards.sandbox import SandboxError, WorkerPool, shutdown
 from mmr1.rewards.text import completion_text
@@ -18,7 +18,7 @@ from mmr1.rewards.text import completion_text
 __all__ = [
     "FAILURES_FILE",
     "REWARDS",
-    "GuardedReward",
+    "WatchedReward",
     "OnAllZero",
     "RewardConfig",
     "RewardConfigError",

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from mmr1.rewards.config import as_reward_config
-from mmr1.rewards.guard import FailureLog, GuardedReward
+from mmr1.rewards.watchdog import FailureLog, WatchedReward
 from mmr1.rewards.registry import load_plugins, spec
 from mmr1.rewards.sandbox import WorkerPool
 
 FAILURES_FILE = "reward_failures.jsonl"
 
 
-def build_reward_funcs(reward_cfg: Any, run_dir: Path | None = None) -> list[GuardedReward]:
+def build_reward_funcs(reward_cfg: Any, run_dir: Path | None = None) -> list[WatchedReward]:
     """Validate the config, load plugins, resolve every name and wrap each reward in the sandbox.
 
     Everything that can be wrong with the config fails here, at startup, with a `RewardConfigError`
@@ -31,4 +31,4 @@ def build_reward_funcs(reward_cfg: Any, run_dir: Path | None = None) -> list[Gua
     failures = FailureLog(
         Path(run_dir) / FAILURES_FILE if run_dir is not None else None, cfg.max_failures_logged
     )
-    return [GuardedReward(name, s, cfg, pool, failures) for name, s in specs.items()]
+    return [WatchedReward(name, s, cfg, pool, failures) for name, s in specs.items()]

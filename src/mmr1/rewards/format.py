@@ -1,4 +1,4 @@
-"""`format`: the R1 format reward, as ms-swift's built-in `format` defines it."""
+"""The R1 format reward (registered as `format`), as ms-swift's built-in `format` defines it."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ R1_FORMAT = re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>(?![\s\S])", 
 # Runs in the trainer process: one compiled regex over a length-capped completion cannot hang,
 # and a pipe round trip per item would cost more than the match.
 @register("format", isolate=False, columns=(), pure=True)
-def format(completions, **kwargs) -> list[float]:
+def format_reward(completions, **kwargs) -> list[float]:
     """1.0 iff the whole completion is `<think>...</think>` then `<answer>...</answer>`.
 
-    >>> format(["<think>2 cubes, 1 ball</think>\\n<answer>3</answer>", "<answer>3</answer>"])
+    >>> format_reward(["<think>2 cubes, 1 ball</think>\\n<answer>3</answer>", "<answer>3</answer>"])
     [1.0, 0.0]
-    >>> format([[{"role": "assistant", "content": "<think>a</think><answer>b</answer>\\n"}]])
+    >>> format_reward([[{"role": "assistant", "content": "<think>a</think><answer>b</answer>\\n"}]])
     [0.0]
     """
     return [1.0 if R1_FORMAT.match(completion_text(c)) else 0.0 for c in completions]

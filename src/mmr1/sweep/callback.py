@@ -67,7 +67,7 @@ class SweepReport(Callback):
             print(f"Sweep report: {path}")
 
     def _write(self, sweep_dir: Path) -> Path | None:
-        from mmr1.sweep.report import write_report
+        from mmr1.sweep.table import write_report
 
         try:
             write_report(sweep_dir, plots=self.plots)

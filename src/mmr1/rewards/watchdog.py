@@ -74,7 +74,7 @@ class Watchdog:
             logger.warning("\n%s\n!! %s\n%s", "!" * 100, msg, "!" * 100)
 
 
-class GuardedReward:
+class WatchedReward:
     """A TRL reward function (`__name__` = the configured name) running `spec` behind the sandbox."""
 
     def __init__(
@@ -87,7 +87,7 @@ class GuardedReward:
         self.last_seconds: list[float] = []  # per item, last call: wall time to its outcome
 
     def __repr__(self) -> str:
-        return f"GuardedReward({self.__name__!r}, isolate={self.spec.isolate})"
+        return f"WatchedReward({self.__name__!r}, isolate={self.spec.isolate})"
 
     def close(self) -> None:
         if self.pool is not None:
