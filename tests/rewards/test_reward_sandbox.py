@@ -11,15 +11,15 @@ import pytest
 from test_reward_accuracy import generated_cases, seed
 
 from mmr1.rewards import (
-    WatchedReward,
     RewardConfig,
     RewardWatchdogError,
     SandboxError,
+    WatchedReward,
     WorkerPool,
     build_reward_funcs,
 )
-from mmr1.rewards.watchdog import FailureLog
 from mmr1.rewards.registry import spec
+from mmr1.rewards.watchdog import FailureLog
 
 PLUGIN = Path(__file__).with_name("fault_plugin.py")
 FUNCS = [

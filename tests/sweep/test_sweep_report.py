@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from mmr1.sweep.naming import point_dirname, short_label, swept_keys_of
-from mmr1.sweep.table import collapse_verdict, write_report
 from mmr1.sweep.status import STALE_AFTER_S, first_error_line, read_run, record_failure
+from mmr1.sweep.table import collapse_verdict, write_report
 from mmr1.tracking.series import WINDOW, rolling
 
 

@@ -10,10 +10,10 @@ Public API (scripts outside the package use these names):
 
 from mmr1.rewards.build import FAILURES_FILE, build_reward_funcs
 from mmr1.rewards.config import OnAllZero, RewardConfig, RewardConfigError
-from mmr1.rewards.watchdog import WatchedReward, RewardWatchdogError
 from mmr1.rewards.registry import REWARDS, get, load_plugins, names, register
 from mmr1.rewards.sandbox import SandboxError, WorkerPool, shutdown
 from mmr1.rewards.text import completion_text
+from mmr1.rewards.watchdog import RewardWatchdogError, WatchedReward
 
 __all__ = [
     "FAILURES_FILE",

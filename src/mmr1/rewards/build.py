@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from mmr1.rewards.config import as_reward_config
-from mmr1.rewards.watchdog import FailureLog, WatchedReward
 from mmr1.rewards.registry import load_plugins, spec
 from mmr1.rewards.sandbox import WorkerPool
+from mmr1.rewards.watchdog import FailureLog, WatchedReward
 
 FAILURES_FILE = "reward_failures.jsonl"
 
