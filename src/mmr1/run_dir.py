@@ -12,6 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmr1.tracking.secrets import redact
 
+RUN_INFO = "run_info.json"
+# The statuses a run records when it ends; a directory without run_info.json is running (or was killed).
+END_STATUSES = ("finished", "guard_gave_up", "interrupted", "failed")
+
 # A tiny run writes a few MB; a checkpoint of the 3B model ~7 GB (bf16 weights) + optimizer state.
 MIN_FREE_BYTES = 64 * 1024 * 1024
 
@@ -57,3 +61,23 @@ def write_config(cfg: DictConfig, run_dir: Path) -> None:
     """The resolved config, secrets redacted."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))))
+
+
+def write_run_info(run_dir: str | Path, status: str, **fields: Any) -> None:
+    """The run's end record, ``run_info.json``: the one writer, so every record has the same shape.
+
+    ``status`` is one of END_STATUSES; ``fields`` are what that ending knows (steps, wall time, the
+    error's first line, the checkpoint to resume from, the summary). Secrets are redacted (write_json).
+    """
+    if status not in END_STATUSES:
+        raise ValueError(f"run_info.json status {status!r} is not one of {END_STATUSES}")
+    write_json(Path(run_dir) / RUN_INFO, {"status": status, **fields})
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_info.json`` as a dict, or None when the run has not written it (running, killed) or it is unreadable."""
+    try:
+        info = json.loads((Path(run_dir) / RUN_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None

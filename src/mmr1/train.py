@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from mmr1.config import CONF_DIR, register_configs
 from mmr1.config.grpo_args import build_grpo_kwargs
-from mmr1.run_dir import prepare_run_dir, write_config, write_json
+from mmr1.run_dir import prepare_run_dir, write_config, write_json, write_run_info
 from mmr1.tracking.secrets import protect_run_dir
 from mmr1.typed import container
 
@@ -139,11 +139,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         info = {"status": outcome.status, "steps": trainer.state.global_step,
                 "wall_time_s": round(time.time() - started, 1), "world_size": trainer.args.world_size}
-        write_json(run_dir / "run_info.json", {
-            **info, "model_path": model_path,
-            # What main() prints before "Run directory: ..." (mmr1.tracking.summary).
-            "summary": build_summary(run_dir, **info, max_steps=trainer.state.max_steps, warmstart_gate=gate),
-        })
+        # The summary is what main() prints before "Run directory: ..." (mmr1.tracking.summary).
+        summary = build_summary(run_dir, **info, max_steps=trainer.state.max_steps, warmstart_gate=gate)
+        write_run_info(run_dir, **info, model_path=model_path, summary=summary)
     return final
 
 

@@ -183,14 +183,13 @@ def _finish_curves(run_dir: Path) -> None:
 
 
 def _exit_interrupted(trainer: Any, interrupt: InterruptCallback, run_dir: Path) -> None:
-    from mmr1.run_dir import write_json
+    from mmr1.run_dir import write_run_info
 
     step = trainer.state.global_step
     ckpt, _ = select_checkpoint(run_dir)
     if trainer.is_world_process_zero():
         _finish_curves(run_dir)
-        write_json(run_dir / "run_info.json", {"status": "interrupted", "steps": step,
-                                               "checkpoint": str(ckpt) if ckpt else None})
+        write_run_info(run_dir, "interrupted", steps=step, checkpoint=str(ckpt) if ckpt else None)
         saved = f"checkpoint {ckpt}" if ckpt else "no checkpoint (guard.save_on_interrupt=false)"
         msg = (f"Interrupted at step {step}: {saved}.\nResume with:\n  {resume_command(run_dir)}")
         print(msg, flush=True)

@@ -2,7 +2,7 @@
 
 Everything is read from files, never from a live process, so the report works on a sweep that ran on
 another machine or is still running: ``run_info.json`` (written by ``mmr1.train`` when the run ends,
-``status`` finished or failed), ``metrics.jsonl`` / ``eval_metrics.jsonl`` (one row per logged step),
+``mmr1.run_dir.write_run_info``, its one writer), ``metrics.jsonl`` / ``eval_metrics.jsonl`` (one row per logged step),
 ``guard_events.jsonl`` (collapse-guard trips, when the guard is on), ``eval.json`` (``mmr1.evaluate``)
 and Hydra's ``.hydra/overrides.yaml``.
 """
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RUN_INFO = "run_info.json"
+from mmr1.run_dir import RUN_INFO, read_run_info, write_run_info
+
 GUARD_EVENTS = "guard_events.jsonl"
 # A run without run_info.json is running, unless nothing in it changed for this long: a killed process
 # (kill -9, node lost) writes no end record, and calling it "running" forever would hide that.
@@ -50,20 +51,17 @@ def record_failure(run_dir: str | Path, err: BaseException, started: float | Non
     Never raises: it runs while another exception is propagating, which must stay the one reported.
     """
     try:
-        path = Path(run_dir) / RUN_INFO
-        if path.exists() and json.loads(path.read_text()).get("status") not in (None, "running"):
+        if (read_run_info(run_dir) or {}).get("status") not in (None, "running"):
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from mmr1.run_dir import write_json  # redacts secrets in the message too
-
-        info: dict[str, Any] = {"status": "failed", "error": first_error_line(err),
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        info: dict[str, Any] = {"error": first_error_line(err),  # redacted by the writer, like the rest
                                 "traceback_tail": traceback.format_exception(err)[-3:]}
-        rows = read_metrics(path.parent / "metrics.jsonl")
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
         if rows:
             info["steps"] = rows[-1].get("step")
         if started is not None:
             info["wall_time_s"] = round(time.time() - started, 1)
-        write_json(path, info)
+        write_run_info(run_dir, "failed", **info)
     except Exception:  # noqa: BLE001 - recording a failure must never mask the failure being recorded
         pass
 
@@ -131,7 +129,7 @@ def _started_at(run_dir: Path) -> float | None:
 def read_run(run_dir: str | Path, now: float | None = None) -> RunRecord:
     run_dir = Path(run_dir)
     now = time.time() if now is None else now
-    info = _read_json(run_dir / RUN_INFO) or {}
+    info = read_run_info(run_dir) or {}
     rec = RunRecord(path=run_dir, status=str(info.get("status") or "running"), info=info,
                     overrides=job_overrides(run_dir))
     rec.error = info.get("error")
