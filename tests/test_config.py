@@ -128,3 +128,22 @@ def _leaves(node, prefix=""):
             yield from _leaves(v, f"{prefix}{k}.")
     else:
         yield prefix[:-1], node
+
+
+def test_evaluate_schema_is_the_training_schema_plus_eval():
+    """One registration of both schemas (the ``schema`` group): evaluate's ``eval`` node is typed, and the
+    training config has no ``eval`` node to take a typo silently."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import ConfigAttributeError
+
+    from mmr1.config import CONF_DIR
+    from mmr1.config.schema import EvalConfig
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=["run_dir=/tmp/mmr1-unused", "eval.limit=3"])
+        assert OmegaConf.get_type(cfg.eval) is EvalConfig and cfg.eval.limit == 3
+        assert cfg.eval.batch_size == EvalConfig.batch_size  # the default comes from the dataclass alone
+        with pytest.raises(ConfigAttributeError, match="limt"):
+            compose("evaluate", overrides=["run_dir=/tmp/mmr1-unused", "eval.limt=3"])
+        train_cfg = compose("train", overrides=["run_dir=/tmp/mmr1-unused"])
+    assert "eval" not in train_cfg and cfg.optimizer == train_cfg.optimizer

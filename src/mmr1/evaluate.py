@@ -18,49 +18,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from mmr1.config import CONF_DIR, register_configs
-from mmr1.config.schema import TrainConfig
 from mmr1.models.generation import generate
 
 log = logging.getLogger("mmr1.evaluate")
-
-
-@dataclass
-class EvalConfig:
-    checkpoint: str | None = None
-    split: str = "eval"                 # eval = the held-out rows (dataset.eval_size); train = training rows
-    limit: int | None = None            # first N rows of the split
-    batch_size: int = 32                # prompts per generate() call
-    max_new_tokens: int | None = None   # null: trainer.max_completion_length (what training allowed)
-    greedy: bool = True
-    num_samples: int = 0                # n sampled completions per prompt for pass@k; 0 = greedy only
-    temperature: float | None = None    # sampling settings, null: the trainer's (what rollouts used)
-    top_p: float | None = None
-    top_k: int | None = None
-    pass_k: list[int] = field(default_factory=lambda: [1])
-    output: str | None = None           # null: <run dir>/eval.json (see module docstring)
-    device: str = "auto"                # auto = cuda if available, else cpu
-    seed: int = 0
-
-
-@dataclass
-class EvaluateConfig(TrainConfig):
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-def register_eval_schema() -> None:
-    """conf/evaluate.yaml includes conf/train.yaml, whose first default is ``train_schema``: in this
-    process that name holds the training schema plus ``eval``, so typos under ``eval.`` fail too."""
-    register_configs()
-    ConfigStore.instance().store(name="train_schema", node=EvaluateConfig)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -226,7 +193,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    register_eval_schema()
+    register_configs()
     _hydra_main()
 
 

@@ -1,7 +1,8 @@
 """Typed schemas for mmr1's own settings, stored in Hydra's ConfigStore.
 
-``conf/train.yaml`` lists ``train_schema`` first in its defaults, so every group option merges into
-these dataclasses: a typo (``optimizer.lrr=1``) or a wrong type fails at startup naming the key.
+``conf/train.yaml`` lists ``schema: train`` first in its defaults, so every group option merges into
+these dataclasses (``conf/evaluate.yaml`` swaps it for ``schema: evaluate``, the same plus ``eval``):
+a typo (``optimizer.lrr=1``) or a wrong type fails at startup naming the key.
 TRL's ``GRPOConfig`` is deliberately not stored here (its Union fields do not fit OmegaConf);
 ``mmr1.config.grpo_args`` builds it from the resolved config and its own ``__post_init__`` validates.
 """
@@ -257,5 +258,34 @@ class TrainConfig:
     resume: str = "auto"
 
 
+@dataclass
+class EvalConfig:
+    """``python -m mmr1.evaluate``'s own settings (mmr1.evaluate says what each evaluates)."""
+
+    checkpoint: str | None = None
+    split: str = "eval"                 # eval = the held-out rows (dataset.eval_size); train = training rows
+    limit: int | None = None            # first N rows of the split
+    batch_size: int = 32                # prompts per generate() call
+    max_new_tokens: int | None = None   # null: trainer.max_completion_length (what training allowed)
+    greedy: bool = True
+    num_samples: int = 0                # n sampled completions per prompt for pass@k; 0 = greedy only
+    temperature: float | None = None    # sampling settings, null: the trainer's (what rollouts used)
+    top_p: float | None = None
+    top_k: int | None = None
+    pass_k: list[int] = field(default_factory=lambda: [1])
+    output: str | None = None           # null: <run dir>/eval.json (see module docstring)
+    device: str = "auto"                # auto = cuda if available, else cpu
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig(TrainConfig):
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """The schemas as options of a ``schema`` group at the root (package ``_global_``): an entry point's
+    config picks its own with ``override /schema: ...`` and nothing is stored twice under one name."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node=TrainConfig, package="_global_")
+    cs.store(group="schema", name="evaluate", node=EvaluateConfig, package="_global_")

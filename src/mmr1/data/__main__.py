@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from mmr1.config import CONF_DIR, register_configs
 from mmr1.typed import container
 
-register_configs()  # conf/train.yaml extends the typed schema `train_schema`, as for training
+register_configs()  # conf/train.yaml extends the typed schema (`schema: train`), as for training
 
 
 def preview_rows(bundle, limit: int | None = None):
