@@ -134,7 +134,7 @@ def test_evaluate_schema_is_the_training_schema_plus_eval():
     """One registration of both schemas (the ``schema`` group): evaluate's ``eval`` node is typed, and the
     training config has no ``eval`` node to take a typo silently."""
     from hydra import compose, initialize_config_dir
-    from omegaconf.errors import ConfigAttributeError
+    from hydra.errors import ConfigCompositionException
 
     from mmr1.config import CONF_DIR
     from mmr1.config.schema import EvalConfig
@@ -143,7 +143,7 @@ def test_evaluate_schema_is_the_training_schema_plus_eval():
         cfg = compose("evaluate", overrides=["run_dir=/tmp/mmr1-unused", "eval.limit=3"])
         assert OmegaConf.get_type(cfg.eval) is EvalConfig and cfg.eval.limit == 3
         assert cfg.eval.batch_size == EvalConfig.batch_size  # the default comes from the dataclass alone
-        with pytest.raises(ConfigAttributeError, match="limt"):
+        with pytest.raises(ConfigCompositionException, match="limt"):
             compose("evaluate", overrides=["run_dir=/tmp/mmr1-unused", "eval.limt=3"])
         train_cfg = compose("train", overrides=["run_dir=/tmp/mmr1-unused"])
     assert "eval" not in train_cfg and cfg.optimizer == train_cfg.optimizer
