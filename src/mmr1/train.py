@@ -46,6 +46,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     reward_funcs = build_reward_funcs(cfg.reward, run_dir)
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     grpo_kwargs = build_grpo_kwargs(cfg, run_dir)
+    from mmr1.models.lora import check_train_type
+
+    check_train_type(cfg.model, runtime=not cfg.dry_run)  # lora/qlora: peft, bitsandbytes + CUDA (qlora)
     if main_rank:
         write_config(cfg, run_dir)
         write_json(run_dir / "grpo_args.json", grpo_kwargs)
@@ -94,6 +97,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     policy = warm_start(cfg, policy)
     model_path = policy.path
     model = load_model(model_path, cfg.model)
+    from mmr1.models.lora import peft_config
+
+    lora = peft_config(cfg.model, model)  # None for train_type=full; TRL wraps the model (mmr1.models.lora)
 
     from mmr1.launch.deepspeed import cpu_state
 
@@ -113,7 +119,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         eval_dataset=data.eval,
         processing_class=processor,
         callbacks=[metrics_cb],
+        peft_config=lora,
     )
+    if lora is not None:
+        from mmr1.models.lora import trainable_share
+
+        trainable, total = trainable_share(trainer.model)
+        log.info("LoRA: %d of %d parameters trainable (%.2f%%)", trainable, total, 100 * trainable / total)
     if cfg.deepspeed.enabled and not trainer.is_deepspeed_enabled:
         raise RuntimeError("deepspeed is enabled in the config but the Trainer is not running DeepSpeed "
                            f"(accelerate distributed type {trainer.accelerator.distributed_type})")

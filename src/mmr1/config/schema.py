@@ -42,13 +42,35 @@ class WarmStartConfig:
 
 
 @dataclass
+class LoraConfig:
+    """``model.train_type=lora|qlora``: peft's LoRA on TRL's ``peft_config`` (mmr1.models.lora).
+
+    Defaults are ms-swift v3.2.1's (swift/llm/argument/tuner_args.py), the seed's framework.
+    """
+
+    r: int = 8  # --lora_rank (tuner_args.py:116)
+    alpha: int = 32  # --lora_alpha (tuner_args.py:117)
+    dropout: float = 0.05  # --lora_dropout (tuner_args.py:118)
+    # all-linear = every nn.Linear of the language model: not lm_head, embeddings or the vision merger, as
+    # ms-swift's multimodal 'all-linear' (tuner_args.py:110, swift/llm/train/tuner.py:45-83). Other entries go
+    # to peft as they are (module-name suffixes, which match the vision tower too where its names are alike).
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    vision_tower: bool = False  # also the vision blocks' linears (ms-swift's freeze_vit=True, tuner_args.py:107)
+    # qlora: bitsandbytes 4-bit base weights as ms-swift's bnb settings (base_args/quant_args.py:37-38); compute
+    # in model.torch_dtype.
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
 class ModelConfig:
     # A hub id, a local directory, or the name of an embedded builder. Default: the embedded ~1M-parameter
     # Qwen2.5-VL built locally from a config (no download; mmr1.models.tiny).
     name_or_path: str = "tiny_qwen2_5_vl"
     torch_dtype: str = "float32"  # CPU: bf16 matmuls are slow and lossy there
     attn_implementation: str | None = None  # e.g. flash_attention_2 where installed
-    train_type: str = "full"
+    train_type: str = "full"  # full (the seed's) | lora | qlora (settings: model.lora)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # One image-resolution setting for trainer and rollout; None = the processor's default (Qwen: 3136 to
     # 12845056 pixels, or the MIN_PIXELS/MAX_PIXELS env vars the seed sets). 50176 = 224x224, 64 image tokens
     # at most: a tiny model, tiny images (its counting scenes are 84x84 = 9 tokens).

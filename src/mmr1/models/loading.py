@@ -43,13 +43,21 @@ def load_processor(path: str, *, min_pixels: int | None, max_pixels: int | None,
 
 
 def load_model(path: str, model_cfg: DictConfig):
+    """The model at ``path``: a full model, or a LoRA adapter folder (``final/``, ``checkpoint-N/`` of a
+    ``train_type=lora|qlora`` run) loaded onto its base model (mmr1.models.lora.load_trained). With
+    ``train_type=qlora`` the base weights load in 4 bit; the adapters are added by the trainer."""
     import torch
     from transformers import AutoModelForImageTextToText
+
+    from mmr1.models.lora import is_adapter_dir, load_trained, quantization_config
 
     dtype = getattr(torch, model_cfg.torch_dtype)
     kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
-    if model_cfg.train_type != "full":
-        raise ValueError(f"model.train_type={model_cfg.train_type!r}: only 'full' (the seed's) is supported")
+    quant = quantization_config(model_cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if is_adapter_dir(path):
+        return load_trained(path, lambda base: AutoModelForImageTextToText.from_pretrained(base, **kwargs))
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
