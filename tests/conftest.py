@@ -2,9 +2,81 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import os
+import shutil
+import sys
+import tempfile
+import types
+
 import pytest
 
 from testkit import EXPERIMENTS, REPO, TINY, compose_cfg, run_cli  # noqa: F401  (re-exported for old imports)
+
+# One model cache per test session ($MMR1_CACHE, read by mmr1.models.tiny.cache_root): the user's
+# ~/.cache/mmr1 is never read or written, and the tiny model is built once per session (~8 s), then shared
+# by every test and every subprocess (they inherit the environment).
+_CACHE = tempfile.mkdtemp(prefix="mmr1-test-cache-")
+os.environ["MMR1_CACHE"] = _CACHE
+# The fake accelerator modules --simulate-gpu makes importable (what `pip install .[gpu]` brings).
+_GPU_EXTRA = ("vllm", "deepspeed")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--simulate-gpu", action="store_true",
+                     help="run as on a GPU box with .[gpu] installed: torch sees 8 CUDA devices, vllm and "
+                          "deepspeed import (fakes); tests that plan or launch must not depend on the machine")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def _fake_module(name: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+    mod.__version__ = "0.0.0+mmr1-test-fake"
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _simulated_gpu_machine(request, monkeypatch):
+    """With --simulate-gpu: what a GPU machine with the [gpu] extra looks like to in-process code."""
+    if not request.config.getoption("--simulate-gpu"):
+        yield
+        return
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name in _GPU_EXTRA and real_find_spec(name, *args, **kwargs) is None:
+            return importlib.machinery.ModuleSpec(name, loader=None)
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for name in _GPU_EXTRA:
+        if name not in sys.modules and real_find_spec(name) is None:
+            monkeypatch.setitem(sys.modules, name, _fake_module(name))
+    yield
+
+
+def _outputs_listing() -> set[str]:
+    out = REPO / "outputs"
+    return {str(p.relative_to(out)) for p in out.rglob("*")} if out.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_test_writes_into_the_repos_outputs():
+    """Every test runs in tmp dirs: a CLI call without hydra.run.dir would write outputs/<date>/ here."""
+    before = _outputs_listing()
+    yield
+    added = sorted(_outputs_listing() - before)
+    assert not added, f"tests wrote into {REPO / 'outputs'}: {added[:5]}"
 
 
 @pytest.fixture

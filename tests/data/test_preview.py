@@ -63,7 +63,7 @@ def test_conf_dir_is_inside_the_package_and_the_repo_conf_links_to_it():
         (["dataset.image_size=600"], 401408, [600, 600]),
     ],
 )
-def test_cli_geoqa_synthetic(extra, bound, size):
+def test_cli_geoqa_synthetic(extra, bound, size, tmp_path):
     import json
     import os
     import subprocess
@@ -71,7 +71,8 @@ def test_cli_geoqa_synthetic(extra, bound, size):
 
     repo = REPO
     env = {**os.environ, "MAX_PIXELS": "262144", "PYTHONPATH": str(repo / "src")}
-    args = ["+experiment=geoqa", "dataset.source=synthetic", "dataset.limit=5", *extra]
+    # hydra.run.dir: the preview's Hydra run would otherwise write outputs/<date>/ into the repository.
+    args = ["+experiment=geoqa", "dataset.source=synthetic", "dataset.limit=5", *extra, f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run([sys.executable, "-m", "mmr1.data", *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=300, check=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -35,6 +35,10 @@ def _plain_env(monkeypatch):
     for key in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES",
                 "LOCAL_RANK", "RANK", "MMR1_LAUNCHED", "SUBMITIT_EXECUTOR"):
         monkeypatch.delenv(key, raising=False)
+    # These tests are about a CPU machine: on a GPU box (or --simulate-gpu) detection would plan a relaunch.
+    import mmr1.launch.layout as layout_mod
+
+    monkeypatch.setattr(layout_mod, "detect_gpus", lambda: 0)
 
 
 def test_one_process_trains_here(tmp_path):
