@@ -7,6 +7,9 @@ max_completion_length`` (swift/trainers/rlhf_trainer/grpo_trainer.py:257) and vL
 each completion at ``context - len(prompt)`` after generation, the same rule for ``rollout=vllm_server``,
 ``vllm_colocate`` (where vLLM has usually stopped there already) and ``hf`` (where transformers generate
 has not), so a rehearsal on CPU trains on the completions the GPU run would.
+
+``dynamic_sampling=True`` (``trainer.dynamic_sampling``) hooks ``_generate_and_score_completions``: groups
+whose rewards all agree are dropped and refilled with fresh prompts (mmr1.dynamic_sampling).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 from trl import GRPOTrainer
 
 IMAGE_MARK = "<image>"
+from mmr1.dynamic_sampling import refill_indices, sample_batch
+
 
 
 def cap_to_context(prompt_ids: list[list[int]], completion_ids: list[list[int]], logprobs: list | None,
@@ -48,12 +53,84 @@ def flat_messages(messages: list[dict]) -> list[dict]:
 
 
 class Mmr1GRPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` with ``context_length``: None keeps TRL's behaviour exactly."""
+    """``GRPOTrainer`` with ``context_length`` and ``dynamic_sampling``: None / False keep TRL's behaviour exactly."""
 
-    def __init__(self, *args: Any, context_length: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
+                 dynamic_sampling_max_batches: int = 1, **kwargs: Any) -> None:
         self.context_length = context_length
         super().__init__(*args, **kwargs)
+        self.dynamic_sampling = dynamic_sampling
+        self.dynamic_sampling_max_batches = dynamic_sampling_max_batches
+        self._last_rewards_per_func: torch.Tensor | None = None
 
+        if dynamic_sampling:
+            self._check_dynamic_sampling()
+
+    def _check_dynamic_sampling(self) -> None:
+        if self.dynamic_sampling_max_batches < 1:
+            raise ValueError("trainer.dynamic_sampling_max_batches must be >= 1, "
+                             f"got {self.dynamic_sampling_max_batches}")
+        local = self._local_rows()
+        if local % self._group_size():
+            # A group split across ranks could not be kept or dropped by one rank alone.
+            raise ValueError(f"trainer.dynamic_sampling needs whole groups on each rank: per_device_train_batch_size"
+                             f" x steps_per_generation = {local} is not a multiple of trainer.num_generations = "
+                             f"{self.num_generations}")
+        if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
+            raise ValueError("trainer.dynamic_sampling refills from the training set by index: it needs a map-style "
+                             f"dataset, got {type(self.train_dataset).__name__}")
+
+    # Same signature as TRL 1.16's (pinned by tests/test_grpo_trainer.py): the rewards gathered from every rank.
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._last_rewards_per_func
+
+    # Same signature as TRL 1.16's (pinned by tests/test_grpo_trainer.py); _prepare_inputs calls it once per
+    # generation round, so num_iterations > 1 and steps_per_generation reuse the filtered batch.
+    def _generate_and_score_completions(self, inputs):
+        if not self.dynamic_sampling or not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        acc = self.accelerator
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        round_ = self._step // generate_every  # restored on resume (mmr1.reliability.resume)
+
+        def any_rank(flag: bool) -> bool:
+            return bool(acc.gather(torch.tensor([int(flag)], device=acc.device)).max().item())
+
+        def last_rewards() -> torch.Tensor:
+            assert self._last_rewards_per_func is not None  # set by the generate call just made
+            return self._last_rewards_per_func
+
+        batch, stats = sample_batch(
+            super()._generate_and_score_completions, inputs, lambda k: self._refill_rows(round_, k), last_rewards,
+            weights=self.reward_weights, num_generations=self._group_size(),
+            max_batches=self.dynamic_sampling_max_batches, rank=acc.process_index, world=acc.num_processes,
+            any_rank=any_rank, pad_token_id=self._tokenizer.pad_token_id)
+        loss_mask = batch["completion_mask"] if batch.get("tool_mask") is None else (
+            batch["completion_mask"] * batch["tool_mask"])
+        batch["num_items_in_batch"] = acc.gather(loss_mask.sum()).sum()  # TRL's count, for the kept rows
+        for key, value in stats.items():
+            self._metrics["train"][key].append(value)
+        return batch
+
+    def _local_rows(self) -> int:
+        """Rows of one rank's generation batch (TRL's dataloader batch)."""
+        return int(self.args.per_device_train_batch_size * self.args.steps_per_generation)  # type: ignore[attr-defined]
+
+    def _group_size(self) -> int:
+        assert self.num_generations is not None  # TRL sets it from GRPOConfig (default 8)
+        return int(self.num_generations)
+
+    def _refill_rows(self, round_: int, k: int) -> list[dict]:
+        """This rank's rows of extra batch ``k`` (1-based) of generation round ``round_``: each prompt repeated
+        ``num_generations`` times, rank r taking the r-th slice, as TRL's RepeatSampler and accelerate shard."""
+        local, world, n = self._local_rows(), self.accelerator.num_processes, self._group_size()
+        slot = round_ * (self.dynamic_sampling_max_batches - 1) + (k - 1)
+        prompts = refill_indices(len(self.train_dataset), local * world // n, slot,  # type: ignore[arg-type]
+                                 seed=int(self.args.seed))
+        rows = [i for i in prompts for _ in range(n)]
+        rank = self.accelerator.process_index
+        return [self.train_dataset[i] for i in rows[rank * local:(rank + 1) * local]]  # type: ignore[index]
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # TRL 1.16 logs a VLM's prompts with list content ([{"type": "text", ...}]) into a wandb Table, whose
         # type inference rejects that column ("Data row contained incompatible types"): the seed's

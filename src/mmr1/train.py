@@ -118,6 +118,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=processor,
+        # Zero-variance groups dropped and refilled (mmr1.dynamic_sampling); off by default.
+        dynamic_sampling=cfg.trainer.dynamic_sampling,
+        dynamic_sampling_max_batches=cfg.trainer.dynamic_sampling_max_batches,
         callbacks=[metrics_cb],
         peft_config=lora,
     )

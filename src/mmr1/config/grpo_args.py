@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from mmr1.typed import container
 
 # mmr1 keys under `trainer` that are not GRPOConfig fields.
-_MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length"}
+_MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length", "dynamic_sampling", "dynamic_sampling_max_batches"}
 
 
 def client_host(bind_host: str) -> str:

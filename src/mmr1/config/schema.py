@@ -171,6 +171,11 @@ class TrainerConfig:
     mask_truncated_completions: bool = True
     save_strategy: str = "steps"
     save_steps: float = 100
+    # DAPO's dynamic sampling (mmr1.dynamic_sampling): drop groups whose rewards all agree and refill with fresh
+    # prompts, at most dynamic_sampling_max_batches generation batches per step (3: ms-swift's max_resample_times).
+    # Off: the seed (ms-swift v3.2.1 as it ran) had none.
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_batches: int = 3
     save_total_limit: int | None = 2
     save_only_model: bool = False
     eval_strategy: str = "no"
