@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from trl import GRPOTrainer
 
-IMAGE_MARK = "<image>"
 from mmr1.dynamic_sampling import refill_indices, sample_batch
 
+IMAGE_MARK = "<image>"
 
 
 def cap_to_context(prompt_ids: list[list[int]], completion_ids: list[list[int]], logprobs: list | None,
@@ -58,11 +59,10 @@ class Mmr1GRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
                  dynamic_sampling_max_batches: int = 1, **kwargs: Any) -> None:
         self.context_length = context_length
-        super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.dynamic_sampling_max_batches = dynamic_sampling_max_batches
         self._last_rewards_per_func: torch.Tensor | None = None
-
+        super().__init__(*args, **kwargs)
         if dynamic_sampling:
             self._check_dynamic_sampling()
 
@@ -131,6 +131,7 @@ class Mmr1GRPOTrainer(GRPOTrainer):
         rows = [i for i in prompts for _ in range(n)]
         rank = self.accelerator.process_index
         return [self.train_dataset[i] for i in rows[rank * local:(rank + 1) * local]]  # type: ignore[index]
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # TRL 1.16 logs a VLM's prompts with list content ([{"type": "text", ...}]) into a wandb Table, whose
         # type inference rejects that column ("Data row contained incompatible types"): the seed's
