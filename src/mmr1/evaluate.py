@@ -50,7 +50,7 @@ def score(reward_funcs, rows: list[dict], completions: list[list[dict]]) -> None
     """Add ``rewards: {name: value}`` to every completion, calling each reward as TRL does."""
     flat_rows = [r for r, cs in zip(rows, completions) for _ in cs]
     flat = [c for cs in completions for c in cs]
-    columns = {k: [r[k] for r in flat_rows] for k in flat_rows[0] if k not in ("prompt", "image")}
+    columns = {k: [r[k] for r in flat_rows] for k in flat_rows[0] if k not in ("prompt", "image", "images")}
     conv = [[{"role": "assistant", "content": c["text"]}] for c in flat]
     prompts = [r["prompt"] for r in flat_rows]
     for fn in reward_funcs:
@@ -170,7 +170,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                           mode=f"sampled (n={n})")
     result["wall_time_s"] = round(time.time() - started, 1)
     result["records"] = [
-        {"index": i, "problem": r.get("problem"), "solution": r.get("solution"), "image_id": r.get("image_id"),
+        {"index": i, "problem": r.get("problem"), "solution": r.get("solution"),
+         "image_id": r.get("image_id", r.get("image_ids")),  # image_ids: a row with several images
          **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
         for i, r in enumerate(rows)]
     from mmr1.run_dir import write_json

@@ -1,8 +1,9 @@
 """Preview a dataset through the training config: ``python -m mmr1.data +experiment=geoqa dataset.limit=3``.
 
 One JSON line per row: ``messages`` (system + user, each content as the plain string of its text parts;
-the image is described by the size keys), ``image_size_before`` / ``image_size_after`` ([width, height]),
-``image_tokens`` (what the image costs the model) and ``solution``. Then one ``# stats`` line on stderr.
+the image is described by the size keys), ``image_size_before`` / ``image_size_after`` ([width, height];
+``image_sizes_before`` / ``image_sizes_after``, one per image, for rows with several), ``image_tokens`` (what
+the row's images cost the model) and ``solution``. Then one ``# stats`` line on stderr.
 The eval split is not built (``eval_size`` is set to 0): ``dataset.limit=N`` prints N rows.
 """
 
@@ -28,17 +29,17 @@ def preview_rows(bundle, limit: int | None = None):
             continue
         for i in range(len(split) if limit is None else min(limit, len(split))):
             row = split[i]
-            w, h = row["image"].size
-            yield {
-                "messages": [
-                    {"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p.get("text"))}
-                    for m in row["prompt"]
-                ],
-                "image_size_before": list(row["image_size_before"]),
-                "image_size_after": [w, h],
-                "image_tokens": image_tokens(w, h),
-                "solution": row["solution"],
-            }
+            messages = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p.get("text"))}
+                        for m in row["prompt"]]
+            if "images" in row:  # several images per row: one size per image, in prompt order
+                after = [list(img.size) for img in row["images"]]
+                sizes = {"image_sizes_before": [list(s) for s in row["image_sizes_before"]],
+                         "image_sizes_after": after, "image_tokens": sum(image_tokens(w, h) for w, h in after)}
+            else:
+                w, h = row["image"].size
+                sizes = {"image_size_before": list(row["image_size_before"]), "image_size_after": [w, h],
+                         "image_tokens": image_tokens(w, h)}
+            yield {"messages": messages, **sizes, "solution": row["solution"]}
 
 
 def preview(cfg: DictConfig) -> tuple[list[dict], dict]:

@@ -1,10 +1,14 @@
-"""Raw rows -> the rows TRL's GRPOTrainer wants: a conversational ``prompt``, one resized ``image``,
+"""Raw rows -> the rows TRL's GRPOTrainer wants: a conversational ``prompt``, its resized image(s),
 ``solution`` untouched for the rewards, extra columns kept.
 
-TRL 1.16 reads ``prompt`` and ``image`` (``[row["image"]]``) and fills the ``{"type": "image"}``
-placeholder of the user turn (``prepare_multimodal_messages``). Arrow cannot mix string and list
-``content`` in one column, so the system turn is a list with one text part too; TRL and Qwen's chat
-template render both shapes identically.
+Raw rows come in two shapes, told apart by their columns: the hub's (``image`` or an ``images`` list,
+``problem``, ``solution``) and ms-swift's (``messages`` with ``<image>`` tags, ``images``, ``solution``;
+mmr1.data.swift_format). TRL 1.16 reads ``prompt`` and ``image`` (as ``[row["image"]]``) or ``images`` (a
+list) and fills the prompt's ``{"type": "image"}`` placeholders in order (``prepare_multimodal_messages``).
+A dataset whose every row has one image keeps the ``image`` column (``image_id``, ``image_size_before``);
+as soon as one row has several, every row gets ``images`` (``image_ids``, ``image_sizes_before``), since a
+column has one type. Arrow cannot mix string and list ``content`` in one column, so the system turn is a
+list with one text part too; TRL and Qwen's chat template render both shapes identically.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from mmr1.data.images import (
     resolve_pixel_limits,
 )
 from mmr1.data.sources import SOURCES
+from mmr1.data.swift_format import SwiftRowError, image_cells, is_swift_format, swift_prompt
 from mmr1.typed import typed_config
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("problem", "solution")
 # Columns mmr1 writes (a source column of the same name is dropped).
-ADDED = ("prompt", "image", "image_id", "image_size_before", "image_tokens", "source_row")
+ADDED = ("prompt", "image", "image_id", "image_size_before", "images", "image_ids", "image_sizes_before",
+         "image_tokens", "source_row")
 MAX_REPORTED = 10  # skipped indices/reasons kept in stats and logs
 
 
@@ -64,21 +70,47 @@ def to_config(dataset_cfg: Any) -> DatasetConfig:
     return typed_config(DatasetConfig, dataset_cfg, key="dataset")
 
 
-def build_messages(system_prompt: str, text: str) -> list[dict]:
+def build_messages(system_prompt: str, text: str, n_images: int = 1) -> list[dict]:
+    """The hub rows' prompt: the system turn, then the user turn with its images before the problem."""
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+        {"role": "user", "content": [*({"type": "image"} for _ in range(n_images)), {"type": "text", "text": text}]},
     ]
 
 
+def _prompt_and_images(row: dict, swift: bool, system_prompt: str, suffix: str) -> tuple[list[dict], list, str]:
+    """(prompt messages, image cells, the images' column) of one raw row; SwiftRowError names a bad column."""
+    if swift:
+        own_system, turns, cells, column = swift_prompt(row, suffix)
+        if not isinstance(row.get("solution"), str) or not row["solution"].strip():
+            raise SwiftRowError("solution", "missing or empty" if row.get("solution") is None
+                                else f"not usable: {row['solution']!r}")
+        # The row's own system turn replaces the task's, as in ms-swift (mmr1.data.swift_format).
+        system = own_system if own_system is not None else system_prompt
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}, *turns]
+    else:
+        missing = next((c for c in REQUIRED if not isinstance(row.get(c), str) or not row[c].strip()), None)
+        if missing is not None:
+            raise SwiftRowError(missing, "missing or empty" if row.get(missing) is None
+                                else f"not usable: {row[missing]!r}")
+        column = "images" if row.get("images") is not None else "image"
+        cells = image_cells(row, "images") if column == "images" else [row.get("image")]
+        messages = build_messages(system_prompt, row["problem"] + suffix, len(cells))
+    if not cells:
+        raise SwiftRowError(column, "no image (mmr1 trains prompts with at least one image)")
+    return messages, cells, column
+
+
 class _BadRows:
-    def __init__(self, dataset: str, policy: OnBadRow) -> None:
-        self.dataset, self.policy = dataset, policy
+    def __init__(self, dataset: str, policy: OnBadRow, where: str | None = None) -> None:
+        self.dataset, self.policy, self.where = dataset, policy, where
         self.indices: list[int] = []
         self.reasons: list[str] = []
 
     def __call__(self, index: int, column: str, reason: str) -> None:
         msg = f"dataset {self.dataset!r} row {index} column {column!r}: {reason}"
+        if self.where:
+            msg += f" (file {self.where})"
         if self.policy == OnBadRow.error:
             raise ValueError(msg + " (set dataset.on_bad_row=skip to drop such rows)")
         self.indices.append(index)
@@ -97,6 +129,8 @@ def _iter_source(rows: Any, order: list[int]):
     ds = rows
     if "image" in ds.features and isinstance(ds.features["image"], datasets.Image):
         ds = ds.cast_column("image", datasets.Image(decode=False))  # we decode (and catch) ourselves
+    if isinstance(getattr(ds.features.get("images"), "feature", None), datasets.Image):
+        ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
     ds = ds.select(order) if order != list(range(len(ds))) else ds
     yield from zip(order, ds, strict=True)
 
@@ -124,36 +158,48 @@ def build_datasets(
     if cfg.limit is not None:
         order = order[: cfg.eval_size + cfg.limit]  # limit counts training rows; eval is held out on top
 
-    bad = _BadRows(name, cfg.on_bad_row)
+    columns = raw.column_names if hasattr(raw, "column_names") else (list(raw[0]) if len(raw) else [])
+    swift = is_swift_format(columns)
+    bad = _BadRows(name, cfg.on_bad_row, where=cfg.path if cfg.source.value == "local" else None)
     resizer = ImageResizer(limits)
     cache = DecodedImageCache(cfg.image_cache_mb * 2**20)
     out: list[dict] = []
     tokens: list[int] = []
     for index, row in _iter_source(raw, order):
-        missing = next((c for c in REQUIRED if not isinstance(row.get(c), str) or not row[c].strip()), None)
-        if missing is not None:
-            bad(index, missing, "missing or empty" if row.get(missing) is None else f"not usable: {row[missing]!r}")
-            continue
         try:
-            img = resizer(row.get("image"), base_dir)
-        except BadImage as exc:
-            bad(index, "image", str(exc))
+            messages, cells, column = _prompt_and_images(row, swift, system_prompt, suffix)
+        except SwiftRowError as exc:
+            bad(index, exc.column, str(exc))
             continue
-        if img["pil"] is not None:
-            cache.put(img["id"], img["pil"])  # first access during training then costs no decode
-        extras = {k: v for k, v in row.items() if k not in ADDED and k != "images"}
+        imgs = []
+        try:
+            # The resizer dedups by content: an image shared by rows (or twice in one row) is resized once.
+            for cell in cells:
+                imgs.append(resizer(cell, base_dir))
+        except BadImage as exc:
+            bad(index, column, ("" if len(cells) == 1 else f"image {len(imgs)}: ") + str(exc))
+            continue
+        for img in imgs:
+            if img["pil"] is not None:
+                cache.put(img["id"], img["pil"])  # first access during training then costs no decode
+        extras = {k: v for k, v in row.items() if k not in ADDED and k not in ("images", "messages")}
         out.append({
             **extras,
-            "prompt": build_messages(system_prompt, row["problem"] + suffix),
-            "image": {"bytes": img["bytes"], "path": None},
-            "image_id": img["id"],
-            "image_size_before": list(img["size_before"]),
-            # What the pre-flight measures: this row's own image cost, and the row to name in an error.
-            "image_tokens": image_tokens(*img["size_after"]),
+            "prompt": messages,
+            "images": [{"bytes": img["bytes"], "path": None} for img in imgs],
+            "image_ids": [img["id"] for img in imgs],
+            "image_sizes_before": [list(img["size_before"]) for img in imgs],
+            # What the pre-flight measures: this row's own images' cost (all of them), and the row to name.
+            "image_tokens": sum(image_tokens(*img["size_after"]) for img in imgs),
             "source_row": index,
         })
         tokens.append(out[-1]["image_tokens"])
     resizer.release()
+    per_row = [len(r["images"]) for r in out]
+    if all(n == 1 for n in per_row):  # one image per row: the `image` column, as TRL's single-image path reads
+        for r in out:
+            r["image"], r["image_id"], r["image_size_before"] = (
+                r.pop("images")[0], r.pop("image_ids")[0], r.pop("image_sizes_before")[0])
 
     if bad.indices:
         log.warning(
@@ -169,7 +215,11 @@ def build_datasets(
         raise ValueError(f"dataset {name!r}: eval_size={cfg.eval_size} leaves no training rows (of {len(out)})")
 
     def to_ds(rows: list[dict]):
-        ds = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image(decode=False))
+        ds = datasets.Dataset.from_list(rows)
+        if "image" in ds.column_names:
+            ds = ds.cast_column("image", datasets.Image(decode=False))
+        else:
+            ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
         return ds.with_transform(cache)
 
     # The held-out rows come first in the shuffled order, so eval stays fixed when limit grows.
@@ -182,6 +232,7 @@ def build_datasets(
         "unique_images": len(resizer.counts), "resizes": sum(resizer.counts.values()),
         "min_pixels": limits.min_pixels, "max_pixels": limits.max_pixels,
         "max_image_tokens": max(tokens), "mean_image_tokens": float(np.mean(tokens)),
+        "format": "ms-swift" if swift else "hub", "max_images_per_row": max(per_row),
     }
     return DataBundle(train_ds, eval_ds, stats, limits, system_prompt, resizer, cache)
 

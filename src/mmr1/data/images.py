@@ -248,11 +248,15 @@ class DecodedImageCache:
         self.put(key, img)
         return img
 
+    def _decode(self, key: str | None, cell: dict | None) -> Image.Image | None:
+        return None if cell is None else self.get(key or hashlib.blake2b(cell["bytes"]).hexdigest(), cell["bytes"])
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if "image" in batch:
             ids = batch.get("image_id") or [None] * len(batch["image"])
-            batch["image"] = [
-                None if cell is None else self.get(key or hashlib.blake2b(cell["bytes"]).hexdigest(), cell["bytes"])
-                for key, cell in zip(ids, batch["image"], strict=True)
-            ]
+            batch["image"] = [self._decode(key, cell) for key, cell in zip(ids, batch["image"], strict=True)]
+        if "images" in batch:  # several images per row (mmr1.data.build): one LRU for all of them
+            id_lists = batch.get("image_ids") or [[None] * len(cells) for cells in batch["images"]]
+            batch["images"] = [[self._decode(key, cell) for key, cell in zip(keys, cells, strict=True)]
+                               for keys, cells in zip(id_lists, batch["images"], strict=True)]
         return batch

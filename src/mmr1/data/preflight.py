@@ -1,8 +1,9 @@
 """Pre-flight: does every prompt fit, measured on the data itself? Runs on CPU at start-up, before any GPU work.
 
 A prompt's length is its rendered chat template's text tokens plus the image tokens of *its own* resized
-image (``image_tokens``, written by ``build_datasets``), not a worst case at ``max_pixels``: a 480x320
-CLEVR picture costs 204 tokens whatever ``max_pixels`` allows. Two bounds, as the seed had them:
+images (``image_tokens``, written by ``build_datasets``: the sum over a row's images), not a worst case at
+``max_pixels``: a 480x320 CLEVR picture costs 204 tokens whatever ``max_pixels`` allows, two of them 408.
+Two bounds, as the seed had them:
 
 - ``trainer.max_length`` bounds the prompt (ms-swift v3.2.1 GRPO checks ``--max_length`` on the prompt
   encode, swift/trainers/rlhf_trainer/grpo_trainer.py:424-435; completions are bounded separately);
@@ -43,14 +44,27 @@ class Report:
     skipped: dict[str, list[int]] = field(default_factory=dict)  # split -> source rows dropped
 
 
-def _user_text(messages: list[dict]) -> str:
+def _user_texts(messages: list[dict]) -> list[str]:
+    """The text parts of every turn but the system's (which the scaffold renders)."""
     out = []
     for m in messages:
         if m["role"] == "system":
             continue
         content = m["content"]
         out.extend([content] if isinstance(content, str) else [p["text"] for p in content if p.get("text")])
-    return "".join(out)
+    return out
+
+
+def _shape(messages: list[dict]) -> tuple:
+    """What the scaffold depends on: the system text, and each other turn's role and image count. Rows of one
+    task share it, unless their image count, turns or (ms-swift rows) own system prompt differ."""
+    def key(content: Any, system: bool) -> str | int:
+        if isinstance(content, str):
+            return content if system else 0
+        return ("".join(p.get("text") or "" for p in content) if system
+                else sum(p.get("type") == "image" for p in content))
+
+    return tuple((m["role"], key(m["content"], m["role"] == "system")) for m in messages)
 
 
 def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
@@ -69,9 +83,10 @@ def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
 
 
 def _scaffold_tokens(processing_class: Any, messages: list[dict]) -> int:
-    """The template and system prompt alone: the row with its user text emptied."""
-    empty = [m if m["role"] == "system" else {**m, "content": [p for p in m["content"] if p.get("type") == "image"]
-             + [{"type": "text", "text": ""}]} for m in messages]
+    """The template, system prompt and image markers alone: the row with its other text emptied."""
+    empty = [m if m["role"] == "system" else {**m, "content": [
+        p for p in ([] if isinstance(m["content"], str) else m["content"]) if p.get("type") == "image"]
+        + [{"type": "text", "text": ""}]} for m in messages]
     return _text_tokens(processing_class, empty)
 
 
@@ -92,10 +107,17 @@ def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Re
     """Return (position, source row, text tokens, image tokens) of every prompt over a bound."""
     cols = ds.with_format(None).select_columns(["prompt", "image_tokens", "source_row"])[:]  # no image decode
     prompts, images, rows = cols["prompt"], cols["image_tokens"], cols["source_row"]
-    scaffold = _scaffold_tokens(processing_class, prompts[0])
-    # An upper bound per row without rendering it: a byte-level BPE token covers at least one byte.
-    upper = [scaffold + len(_user_text(p).encode()) + BOUNDARY_SLACK + img
-             for p, img in zip(prompts, images, strict=True)]
+    scaffolds: dict[tuple, int] = {}  # one render per distinct shape (mostly one per split)
+    upper = []
+    for p, img in zip(prompts, images, strict=True):
+        key = _shape(p)
+        if key not in scaffolds:
+            scaffolds[key] = _scaffold_tokens(processing_class, p)
+        texts = _user_texts(p)
+        # An upper bound per row without rendering it: a byte-level BPE token covers at least one byte, and
+        # a merge across each text part's boundaries adds at most BOUNDARY_SLACK. `img` counts every image.
+        upper.append(scaffolds[key] + sum(len(t.encode()) for t in texts) + BOUNDARY_SLACK * max(1, len(texts))
+                     + img)
     limit = min((b.max_prompt_tokens for b in bounds), default=None)
     exact = sorted(range(len(prompts)), key=upper.__getitem__, reverse=True)[:CANDIDATES]
     if limit is not None:

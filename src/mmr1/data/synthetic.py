@@ -39,24 +39,50 @@ def synthetic_count(num_samples: int, seed: int, image_size: int | None = None) 
     >>> rows[0]["image"].size, rows[0]["problem"], rows[0]["solution"] == synthetic_count(1, 0)[0]["solution"]
     ((84, 84), 'How many items are there in the image?', True)
     """
-    side = image_size or 84
-    cell = 28
-    grid = side // cell
     rows = []
     for i in range(num_samples):
         rng = _rng(seed, i)
         k = rng.randint(1, 3)
-        img = Image.new("RGB", (side, side), (255, 255, 255))
-        draw = ImageDraw.Draw(img)
-        cells = rng.sample(range(grid * grid), k)
-        for c, colour in zip(cells, rng.sample(sorted(COLOURS), k), strict=True):
-            r = rng.randint(8, 11)
-            slack = cell // 2 - r  # jitter that keeps the object inside its cell
-            cx = (c % grid) * cell + cell // 2 + rng.randint(-slack, slack)
-            cy = (c // grid) * cell + cell // 2 + rng.randint(-slack, slack)
-            box = (cx - r, cy - r, cx + r, cy + r)
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=COLOURS[colour])
-        rows.append({"image": img, "problem": CLEVR_PROBLEM, "solution": f"<answer> {k} </answer>"})
+        rows.append({"image": _grid_scene(rng, image_size or 84, k), "problem": CLEVR_PROBLEM,
+                     "solution": f"<answer> {k} </answer>"})
+    return rows
+
+
+def _grid_scene(rng: random.Random, side: int, k: int) -> Image.Image:
+    """``k`` objects of distinct colours, one per 28x28 cell, on white (synthetic_count's layout)."""
+    cell = 28
+    grid = side // cell
+    img = Image.new("RGB", (side, side), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    cells = rng.sample(range(grid * grid), k)
+    for c, colour in zip(cells, rng.sample(sorted(COLOURS), k), strict=True):
+        r = rng.randint(8, 11)
+        slack = cell // 2 - r  # jitter that keeps the object inside its cell
+        cx = (c % grid) * cell + cell // 2 + rng.randint(-slack, slack)
+        cy = (c // grid) * cell + cell // 2 + rng.randint(-slack, slack)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=COLOURS[colour])
+    return img
+
+
+PAIR_PROBLEM = "How many items are there in the two images together?"
+
+
+@GENERATORS.register("synthetic_pair_count")
+def synthetic_pair_count(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """Two counting scenes per row (``images``, synthetic_count's layout, 1-3 objects each): the answer is
+    the total over both, so a model must read every image of its prompt. ClevrCount's solution format.
+
+    >>> row = synthetic_pair_count(1, seed=0)[0]
+    >>> len(row["images"]), row["images"][0].size, row["problem"], 2 <= int(row["solution"].split()[1]) <= 6
+    (2, (84, 84), 'How many items are there in the two images together?', True)
+    """
+    rows = []
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        counts = [rng.randint(1, 3), rng.randint(1, 3)]
+        rows.append({"images": [_grid_scene(rng, image_size or 84, k) for k in counts], "problem": PAIR_PROBLEM,
+                     "solution": f"<answer> {sum(counts)} </answer>"})
     return rows
 
 

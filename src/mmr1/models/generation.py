@@ -1,4 +1,5 @@
-"""Batched generation for one image per prompt: shared by ``mmr1.evaluate`` and the warm-start's gate."""
+"""Batched generation for prompts with one image (``image``) or several (``images``): shared by
+``mmr1.evaluate`` and the warm-start's gate."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ def to_pil(image: Any):
     if isinstance(image, dict):
         return Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]).convert("RGB")
     return image
+
+
+def row_images(row: dict) -> list:
+    """A row's images as PIL, in prompt order: ``images`` (several per row) or ``image`` (one)."""
+    return [to_pil(i) for i in row["images"]] if row.get("images") is not None else [to_pil(row["image"])]
 
 
 def completion_lengths(ids, eos_ids: set[int], pad_id: int | None) -> tuple[list[int], list[bool]]:
@@ -36,7 +42,7 @@ def generate(model, processor, rows: list[dict], *, n: int, do_sample: bool, max
     import torch
 
     texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
-    images = [[to_pil(r["image"])] for r in rows]
+    images = [row_images(r) for r in rows]
     inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
     gen = model.generation_config
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
