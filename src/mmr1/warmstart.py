@@ -80,13 +80,15 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     ds_cfg = OmegaConf.merge(cfg.dataset, {"source": "synthetic", "num_samples": ws.num_samples + ws.gate_samples,
                                            "eval_size": ws.gate_samples, "limit": None, "seed": ws.seed})
     data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
-    rows = [{"prompt": r["prompt"], "image": r["image"],
+    # `image` or `images` (several per prompt, mmr1.data.build): TRL's SFTTrainer reads both.
+    pics = [k for k in ("image", "images") if k in data.train.column_names]
+    rows = [{"prompt": r["prompt"], **{k: r[k] for k in pics},
              "completion": [{"role": "assistant",
                              "content": [{"type": "text", "text": target_completion(r["solution"], ws.think)}]}]}
             for r in data.train]
     train_ds = datasets.Dataset.from_list(rows)
     assert data.eval is not None  # ds_cfg above always holds out the gate's rows
-    gate_rows = [{"prompt": r["prompt"], "image": r["image"], "solution": r["solution"]} for r in data.eval]
+    gate_rows = [{"prompt": r["prompt"], **{k: r[k] for k in pics}, "solution": r["solution"]} for r in data.eval]
 
     torch.manual_seed(ws.seed)
     model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
