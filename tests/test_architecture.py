@@ -22,7 +22,9 @@ RANK = {
     "sweep": 9, "rehearsal": 9, "checks": 9,
     "train": 10, "evaluate": 10, "report": 10,
 }
-ENTRY_POINTS = {"data/__main__.py"}  # command-line entry points sit on top, whatever folder they live in
+# Command-line entry points sit on top, whatever folder they live in (they compose configs and build data);
+# what else uses their logic imports it from the layer it belongs to (rewards/audit.py: rewards/probes.py).
+ENTRY_POINTS = {"data/__main__.py", "rewards/audit.py"}
 
 
 def _unit(dotted: str) -> str:

@@ -94,6 +94,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if main_rank:
         # The longest prompt, the completion room it leaves, the rows skipped.
         write_json(run_dir / "preflight.json", dataclasses.asdict(fit))
+    from mmr1.rewards.audit import audit_at_start
+
+    # Which wrong or degenerate completions the rewards pay, on this run's first rows (mmr1.rewards.audit):
+    # audit.json, a warning, run_info.json's reward_audit; seconds, warn only, never fails the run.
+    reward_audit = audit_at_start(cfg, reward_funcs, data.train, run_dir) if main_rank else None
     policy = warm_start(cfg, policy)
     model_path = policy.path
     model = load_model(model_path, cfg.model)
@@ -156,7 +161,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "wall_time_s": round(time.time() - started, 1), "world_size": trainer.args.world_size}
         # The summary is what main() prints before "Run directory: ..." (mmr1.tracking.summary).
         summary = build_summary(run_dir, **info, max_steps=trainer.state.max_steps, warmstart_gate=gate)
-        write_run_info(run_dir, **info, model_path=model_path, summary=summary)
+        write_run_info(run_dir, **info, model_path=model_path, summary=summary, reward_audit=reward_audit)
     return final
 
 

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 
 from mmr1.data.config import DatasetConfig
 from mmr1.reliability.config import GuardConfig
-from mmr1.rewards.config import RewardConfig
+from mmr1.rewards.config import AuditConfig, RewardConfig
 
 
 @dataclass
@@ -277,6 +277,8 @@ class TrainConfig:
     # Collapse guard and Ctrl-C behaviour (mmr1.reliability; why of each value in conf/guard/default.yaml).
     guard: GuardConfig = field(default_factory=GuardConfig)
     rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
+    # The reward audit (mmr1.rewards.audit): its command's settings, and the warn-only check at training start.
+    audit: AuditConfig = field(default_factory=AuditConfig)
     run_dir: str = "${hydra:runtime.output_dir}"
     # Compose, build what needs no weights, write config.yaml + grpo_args.json, and exit.
     dry_run: bool = False

@@ -86,6 +86,36 @@ class RewardConfig:
                 raise RewardConfigError(f"reward.{key}={getattr(self, key)!r}: must be >= {low}")
 
 
+@dataclass
+class AuditConfig:
+    """The reward audit (``python -m mmr1.rewards.audit``, mmr1.rewards.probes): adversarial completions built
+    from real rows, scored by each reward of the experiment; also run, warn only, when training starts."""
+
+    # Training runs it (seconds, warn only: its findings and its errors are logged, never raised).
+    at_start: bool = True
+    # Real rows whose gold solutions make the probes: a few cover a task's answer forms (a count, an angle, a
+    # label) and keep it to about a second through the sandbox.
+    rows: int = 3
+    # The command exits 1 when a wrong or degenerate completion earns reward > 0 (a CI gate); training ignores it.
+    strict: bool = False
+    # The command, hub datasets only: null = the experiment's rows, or its offline stand-in (dataset.generator,
+    # as +preset=rehearsal swaps it) when the hub cannot be reached; true = always the stand-in; false = never.
+    stand_in: bool | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.rows) < 1:
+            raise RewardConfigError(f"audit.rows={self.rows!r}: must be >= 1 (rows of the dataset to probe)")
+
+
+def as_audit_config(cfg: Any) -> AuditConfig:
+    """A validated AuditConfig from an AuditConfig, an OmegaConf node, a plain mapping or None (the defaults).
+
+    >>> as_audit_config({"rows": 2}).rows, as_audit_config(None).strict
+    (2, False)
+    """
+    return typed_config(AuditConfig, cfg, key="audit", error=RewardConfigError)
+
+
 def as_reward_config(cfg: Any) -> RewardConfig:
     """A validated RewardConfig from a RewardConfig, an OmegaConf node or a plain mapping.
 
