@@ -115,6 +115,12 @@ def test_audit_at_start_never_fails_a_run(tmp_path, caplog):
     assert audit_at_start(cfg, [broken], _rows("<answer> 3 </answer>"), tmp_path) == {
         "error": "RuntimeError: reward exploded"}
     assert "reward audit failed (the run goes on)" in caplog.text
+    from mmr1.rewards import get
+
+    # A reward blind to the gold answer is named: it cannot tell right from wrong.
+    blind = audit_at_start(cfg, [get("audit_test_pays_none")], _rows("<answer> 3 </answer>"), tmp_path)
+    assert blind["flagged"] == [] and blind["control_missed"] == ["audit_test_pays_none"]
+    assert "paid 0 for the gold answer itself" in caplog.text
     off = compose_cfg(["audit.at_start=false"], run_dir=tmp_path)
     assert audit_at_start(off, [broken], _rows("<answer> 3 </answer>"), tmp_path) is None
 

@@ -90,15 +90,24 @@ def run(cfg: DictConfig) -> int:
           f"{time.monotonic() - t0:.1f} s\n{table(records)}\n"
           "  ! a wrong or degenerate completion earns reward > 0 (flagged)   ? a right answer earns 0")
     print(f"{len(found)} flagged: " + (", ".join(f"{f['probe']} under {f['reward']}" for f in found) or "none"))
+    for name in _control_missed(records):
+        print(f"warning: {name} paid 0 for the gold answer itself (the control): a broken reward, or a solution "
+              "format it cannot read?")
     print(f"Audit: {out / AUDIT_FILE}")
     return 1 if audit.strict and found else 0
+
+
+def _control_missed(records: list[dict]) -> list[str]:
+    """The rewards that paid 0 for the well-formed gold answer on some row: they cannot tell right from wrong."""
+    return sorted({r["reward"] for r in records if r["probe"] == "gold" and r["missed"]})
 
 
 def audit_at_start(cfg: Any, reward_funcs: list, dataset: Any, run_dir: Path) -> dict[str, Any] | None:
     """The warn-only audit at the start of a training run, on its own first rows and reward functions.
 
     Writes ``audit.json`` in the run directory, logs the flagged probes, and returns what ``run_info.json``
-    carries (``flagged``, ``rows``, ``seconds``; ``error`` if the audit itself failed). Never raises.
+    carries (``flagged``; ``control_missed``, the rewards that paid 0 for the gold answer itself; ``rows``,
+    ``seconds``; only ``error`` if the audit itself failed). Never raises.
     """
     try:
         audit = as_audit_config(cfg.get("audit"))
@@ -110,11 +119,15 @@ def audit_at_start(cfg: Any, reward_funcs: list, dataset: Any, run_dir: Path) ->
         write_json(Path(run_dir) / AUDIT_FILE, records)
         found = flagged(records)
         seconds = round(time.monotonic() - t0, 2)
+        blind = _control_missed(records)
+        if blind:
+            log.warning("reward audit: %s paid 0 for the gold answer itself: a broken reward, or a solution format "
+                        "it cannot read?", ", ".join(blind))
         if found:
             log.warning("reward audit (%d rows, %.1f s): wrong or degenerate completions the rewards pay: %s "
                         "(%s; python -m mmr1.rewards.audit for the table)", len(rows), seconds,
                         ", ".join(f"{f['probe']} under {f['reward']}" for f in found), AUDIT_FILE)
-        return {"flagged": found, "rows": len(rows), "seconds": seconds}
+        return {"flagged": found, "control_missed": blind, "rows": len(rows), "seconds": seconds}
     except Exception as err:  # noqa: BLE001 - the audit informs a run; it must never fail one
         log.warning("reward audit failed (the run goes on): %s: %s", type(err).__name__, err)
         return {"error": f"{type(err).__name__}: {err}"}
