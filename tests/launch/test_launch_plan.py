@@ -93,7 +93,7 @@ def test_a_submitit_slurm_job_supplies_the_nodes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("overrides", "env", "gpus", "relaunch"), [
     ([], {}, 0, False),                              # the tiny default: this process
-    ([], {"NPROC_PER_NODE": "2"}, 0, True),          # launcher=local honours NPROC_PER_NODE>1
+    ([], {"NPROC_PER_NODE": "2"}, 0, True),          # launcher=auto honours NPROC_PER_NODE>1
     ([], {}, 8, True),                               # one trainer must not see 8 GPUs
     (["launcher=accelerate", "launcher.nproc_per_node=1"], {}, 0, True),
 ])
@@ -101,6 +101,19 @@ def test_relaunch_rule(overrides, env, gpus, relaunch, tmp_path):
     plan, layout = plan_for(tmp_path, overrides, env=env, gpus=gpus)
     assert layout.relaunch is relaunch
     assert bool(by_role(plan, "launcher")) is relaunch
+
+
+@pytest.mark.parametrize(("overrides", "env", "gpus", "needle"), [
+    ([], {"NPROC_PER_NODE": "2"}, 0, "2 processes"),
+    (["deepspeed=zero2"], {}, 0, "DeepSpeed"),
+    ([], {}, 8, "hiding 7 of 8 GPUs"),
+])
+def test_local_launcher_never_relaunches(overrides, env, gpus, needle, tmp_path):
+    """launcher=local is this process or an error that says what asked for more (never accelerate launch)."""
+    assert not plan_for(tmp_path, ["launcher=local"], env={}, gpus=0)[1].relaunch
+    with pytest.raises(LayoutError, match="launcher=local") as err:
+        plan_for(tmp_path, ["launcher=local", *overrides], env=env, gpus=gpus)
+    assert needle in str(err.value)
 
 
 @pytest.mark.parametrize(("overrides", "needles"), [

@@ -37,6 +37,8 @@ class WarmStartConfig:
     gate_start: int = 100
     gate_every: int = 5
     gate_samples: int = 100
+    # The gate scores with a registered reward (mmr1.rewards), so "accurate" means what GRPO will reward.
+    gate_reward: str = "external_r1v_acc"
     think: str = "I count the objects."
     seed: int = 1234
 
@@ -169,13 +171,13 @@ class TrainerConfig:
     # The tiny model otherwise learns to fill the length cap with tags the seed's format regex still accepts
     # (`<answer>3</answer>2</answer>...`, a reward hack seen in its first runs).
     mask_truncated_completions: bool = True
-    save_strategy: str = "steps"
-    save_steps: float = 100
     # DAPO's dynamic sampling (mmr1.dynamic_sampling): drop groups whose rewards all agree and refill with fresh
     # prompts, at most dynamic_sampling_max_batches generation batches per step (3: ms-swift's max_resample_times).
     # Off: the seed (ms-swift v3.2.1 as it ran) had none.
     dynamic_sampling: bool = False
     dynamic_sampling_max_batches: int = 3
+    save_strategy: str = "steps"
+    save_steps: float = 100
     save_total_limit: int | None = 2
     save_only_model: bool = False
     eval_strategy: str = "no"
@@ -208,10 +210,11 @@ class LoggerConfig:
 class LauncherConfig:
     """How many processes on which GPUs. Unset (null) keys fall back to the seed's env conventions
     (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, CUDA_VISIBLE_DEVICES): config wins.
-    More than one process in total always re-launches through `accelerate launch` (see mmr1.launch)."""
+    With ``auto``, more than one process in total re-launches through `accelerate launch` (see mmr1.launch)."""
 
-    # local = this process when one process is asked for; accelerate = always `accelerate launch`.
-    name: str = "local"
+    # auto = this process when one process is asked for, else `accelerate launch`; local = this process or
+    # an error; accelerate = always `accelerate launch`. The YAML of each option says why.
+    name: str = "auto"
     nproc_per_node: int | None = None
     nnodes: int | None = None
     node_rank: int | None = None

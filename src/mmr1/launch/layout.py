@@ -25,6 +25,10 @@ class LayoutError(ValueError):
     """The processes the config asks for do not fit the machine (or each other)."""
 
 
+# auto = here when one process will do, else `accelerate launch`; local = here or an error; accelerate = always.
+LAUNCHERS = ("auto", "local", "accelerate")
+
+
 def in_launched_rank(env: Mapping[str, str] | None = None) -> bool:
     """True inside a process started by mmr1's relaunch, or by a user's own torchrun / accelerate launch."""
     env = os.environ if env is None else env
@@ -126,8 +130,8 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
         slurm = {k: v for k, v in _submitit_env().items() if _env_value(env, k) is None}
         env, from_slurm = {**env, **slurm}, set(slurm)
     lc, r = cfg.launcher, cfg.rollout
-    if lc.name not in ("local", "accelerate"):
-        raise LayoutError(f"launcher.name must be local or accelerate, got {lc.name!r}")
+    if lc.name not in LAUNCHERS:
+        raise LayoutError(f"launcher.name must be one of {', '.join(LAUNCHERS)}, got {lc.name!r}")
     src: dict[str, str] = {}
     nnodes = _pick("nnodes", lc.nnodes, env, "NNODES", 1, int, src)
     node_rank = _pick("node_rank", lc.node_rank, env, "NODE_RANK", 0, int, src)
@@ -180,7 +184,14 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
     hides_gpus = bool(gpus_per_node) and len(ids) > len(trainer_ids)
     # DeepSpeed initialises torch.distributed from the launcher's env (RANK, WORLD_SIZE, ...): in a bare process
     # it falls back to MPI discovery (mpi4py), so even one DeepSpeed process goes through accelerate launch.
-    relaunch = lc.name == "accelerate" or world > 1 or hides_gpus or bool(cfg.deepspeed.enabled)
+    needs = [why for why, needed in ((f"{world} processes", world > 1), ("DeepSpeed", bool(cfg.deepspeed.enabled)),
+                                     (f"hiding {len(ids) - len(trainer_ids)} of {len(ids)} GPUs", hides_gpus))
+             if needed]
+    relaunch = lc.name == "accelerate" or bool(needs)
+    if lc.name == "local" and needs:
+        errors.append(f"launcher=local trains in this process, but this run needs a launcher ({'; '.join(needs)}): "
+                      "use launcher=auto or launcher=accelerate (or one process, DeepSpeed off, CUDA_VISIBLE_DEVICES "
+                      "set to the one GPU)")
     layout = Layout(lc.name, nproc, nnodes, node_rank, master_addr, master_port, gpus_per_node, ids,
                     trainer_ids, server_ids if server_here else [], starts_server, relaunch, src)
     errors += check_layout(cfg, layout)
