@@ -176,3 +176,28 @@ def test_no_gpus_and_none_stated_plans_with_a_warning(tmp_path):
     plan, _ = plan_for(tmp_path, ["+experiment=geoqa"])
     assert plan["gpus_checked"] is False and "launcher.gpus_per_node" in plan["warnings"][0]
     assert len(by_role(plan, "trainer")) == 6
+
+
+@pytest.mark.parametrize(("per_device", "accumulation", "num_generations", "eval_batch", "eval_strategy"), [
+    (4, 1, 4, 4, "no"), (3, 1, 4, 4, "no"), (3, 4, 6, 4, "no"), (2, 3, 4, 4, "no"),
+    (4, 1, 4, 3, "steps"), (4, 1, 4, 8, "steps"), (4, 2, 8, 6, "steps"),
+])
+def test_batch_rule_is_trls(per_device, accumulation, num_generations, eval_batch, eval_strategy, tmp_path):
+    """mmr1's launcher-side batch check rejects exactly what TRL's GRPOConfig rejects (one process here)."""
+    from omegaconf import OmegaConf
+    from trl import GRPOConfig
+
+    from mmr1.launch.layout import check_batch
+
+    t = OmegaConf.create({"per_device_train_batch_size": per_device, "gradient_accumulation_steps": accumulation,
+                          "num_generations": num_generations, "num_generations_eval": None,
+                          "per_device_eval_batch_size": eval_batch, "eval_strategy": eval_strategy, "extra": {}})
+    try:
+        GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=per_device,
+                   gradient_accumulation_steps=accumulation, num_generations=num_generations,
+                   per_device_eval_batch_size=eval_batch, eval_strategy=eval_strategy,
+                   do_eval=eval_strategy != "no", report_to="none", use_cpu=True)
+        trl_rejects = False
+    except ValueError:
+        trl_rejects = True
+    assert bool(check_batch(t, 1)) is trl_rejects

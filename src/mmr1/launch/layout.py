@@ -275,7 +275,14 @@ def generation_batch_size(t: DictConfig, world: int) -> tuple[int, str]:
 
 
 def check_batch(t: DictConfig, world: int) -> list[str]:
-    """TRL's rule, checked before anything starts: the generation batch holds whole prompt groups."""
+    """TRL's rule, checked before anything starts: the generation batch holds whole prompt groups.
+
+    TRL checks the same in ``GRPOConfig.__post_init__`` (trl/trainer/grpo_config.py, the
+    ``generation_batch_size % num_generations`` and global eval batch checks), but only inside each rank
+    after the launch (the vLLM server already up) and without the numbers that made the batch. This
+    runs in the launching process for the planned world size and names them; tests/launch pins the two
+    rules together on the installed TRL (test_batch_rule_is_trls).
+    """
     errors = []
     gen_batch, formula = generation_batch_size(t, world)
     if gen_batch % t.num_generations:
