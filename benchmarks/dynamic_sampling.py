@@ -72,7 +72,9 @@ def run_arm(seed: int, on: bool, args: argparse.Namespace) -> dict:
     proc.wait()
     end = reached if reached is not None else len(rows) - 1
     upto = rows[:end + 1]
-    per_batch = 32  # tiny_count: 4 prompts x 8 generations per generation batch (per_device_train_batch_size)
+    # Completions per generation batch: one process, steps_per_generation = gradient accumulation (1 here).
+    grpo = json.loads((run_dir / "grpo_args.json").read_text())
+    per_batch = grpo["per_device_train_batch_size"] * grpo.get("gradient_accumulation_steps", 1)
     out = {"seed": seed, "dynamic_sampling": on, "reached": reached is not None, "steps": len(upto),
            "completions": sum(per_batch * (1 + int(r.get("dynamic_sampling/extra_batches", 0))) for r in upto),
            "train_s": sum(float(r.get("step_time", 0.0)) for r in upto),

@@ -69,6 +69,15 @@ def test_three_step_run_logs_kept_filtered_and_extra_batches(tmp_path):
     assert rows[1]["dynamic_sampling/kept"] > 0  # varied groups exist at step 1 (all 6 prompts answering 2: ~0.1%)
 
 
+def test_num_iterations_two_reuses_the_filtered_batch(tmp_path):
+    # Step 1 generates (and filters), step 2 trains again on step 1's buffered batch: TRL logs no new rollout.
+    run = tmp_path / "run"
+    _cli(_recipe(tmp_path, "trainer.max_steps=2", "trainer.num_iterations=2"), run)
+    rows = _train_rows(run)
+    assert sorted(rows) == [1, 2] and all(k in rows[1] for k in KEYS)
+    assert not any(k in rows[2] for k in KEYS) and "reward" not in rows[2]
+
+
 def test_resume_after_extra_draws_matches_the_straight_run(tmp_path):
     """Extra batches never touch Trainer's dataloader (its resume skip stays right) and the refill prompts are a
     function of the generation round: steps 3-4 after resuming from checkpoint-2 are the straight run's, bit for bit."""
