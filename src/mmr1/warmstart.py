@@ -23,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, TrainerCallback
 
 from mmr1.models.tiny import cache_root
+from mmr1.rewards import get as get_reward
 from mmr1.typed import container
 
 log = logging.getLogger(__name__)
 
-WARMSTART_VERSION = 1
+# 2: the gate scores with the reward function (gate_reward), not a regex of its own.
+WARMSTART_VERSION = 2
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -138,10 +140,12 @@ def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24,
 
 
 class AccuracyGate(TrainerCallback):
-    """Stop SFT once greedy held-out accuracy reaches ``gate_accuracy`` (checked every ``gate_every``)."""
+    """Stop SFT once greedy held-out accuracy, by ``gate_reward``, reaches ``gate_accuracy`` (every ``gate_every``)."""
 
     def __init__(self, processor, rows: list[dict], ws: DictConfig):
         self.processor, self.rows, self.ws = processor, rows, ws
+        # In this process, unsandboxed: the completions are the tiny model's <= 24 greedy tokens.
+        self.reward = get_reward(ws.gate_reward)
         self.history: list[tuple[int, float]] = []
         self.last_accuracy: float | None = None
 
@@ -150,15 +154,9 @@ class AccuracyGate(TrainerCallback):
         if step < self.ws.gate_start or step % self.ws.gate_every or model is None:
             return
         answers = greedy_answers(model, self.processor, self.rows)
-        correct = [_answer(a) == _answer(r["solution"]) for a, r in zip(answers, self.rows)]
-        self.last_accuracy = sum(correct) / max(len(correct), 1)
+        scores = self.reward(answers, solution=[r["solution"] for r in self.rows])
+        self.last_accuracy = sum(float(v or 0.0) for v in scores) / max(len(scores), 1)
         self.history.append((step, self.last_accuracy))
         log.info("Warm-start step %d: greedy held-out accuracy %.2f", step, self.last_accuracy)
         if self.last_accuracy >= self.ws.gate_accuracy:
             control.should_training_stop = True
-
-
-def _answer(text: str) -> str:
-    m = _ANSWER.search(text)
-    return (m.group(1) if m else "").strip()
-
