@@ -208,11 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="guard overrides, e.g. patience=2")
     ns = ap.parse_args(argv)
-    overrides = {}
-    for kv in ns.set:
-        k, _, v = kv.partition("=")
-        overrides[k] = json.loads(v) if v[:1] in "[{0123456789-." or v in ("true", "false") else v
-    cfg = as_guard_config({**asdict(GuardConfig()), **overrides})
+    from omegaconf import OmegaConf
+
+    # The same key=value grammar as Hydra's command line; a typo or a wrong type names guard.<key>.
+    cfg = as_guard_config(OmegaConf.from_dotlist(ns.set))
     results = replay(ns.paths, cfg)
     steps = sum(len([1 for _ in open(p)]) for p in ns.paths)
     for p, trips in results.items():
