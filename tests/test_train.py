@@ -33,6 +33,8 @@ def test_two_step_tiny_train_writes_the_run_directory(tmp_path, tiny_overrides):
     assert any(r["probe"] == "gold" for r in json.loads((tmp_path / "audit.json").read_text()))
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert json.loads((tmp_path / "grpo_args.json").read_text())["max_steps"] == 2
+    # The Trainer's own end-of-run summary (Trainer.save_metrics), not a copy of mmr1's.
+    assert json.loads((tmp_path / "train_results.json").read_text())["train_runtime"] > 0
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -118,14 +118,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = Mmr1GRPOTrainer(
         model=model,
         context_length=context,  # completions end where the rollout context does, on every backend
+        # Zero-variance groups dropped and refilled (mmr1.dynamic_sampling); off by default.
+        dynamic_sampling=cfg.trainer.dynamic_sampling,
+        dynamic_sampling_max_batches=cfg.trainer.dynamic_sampling_max_batches,
         reward_funcs=reward_funcs,
         args=GRPOConfig(**run_kwargs),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=processor,
-        # Zero-variance groups dropped and refilled (mmr1.dynamic_sampling); off by default.
-        dynamic_sampling=cfg.trainer.dynamic_sampling,
-        dynamic_sampling_max_batches=cfg.trainer.dynamic_sampling_max_batches,
         callbacks=[metrics_cb],
         peft_config=lora,
     )
@@ -147,6 +147,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # transformers' "Writing model shards" bar at every checkpoint would break the training bar (mmr1.tracking.quiet).
     with weight_bars_off():
         outcome = run_training(trainer, cfg, run_dir, resume, metrics_cb)
+        if metrics_cb.summary:  # runtime, samples/s, train_loss: the Trainer's own train_results.json
+            trainer.save_metrics("train", metrics_cb.summary, combined=False)
         # Every rank: under ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes on rank 0.
         trainer.save_model(str(run_dir / "final"))
     gate = warmstart_gate(model_path)  # the warm-start's greedy held-out accuracy: the starting reference
@@ -175,6 +177,10 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path, wo
           f"{'/' + cfg.rollout.vllm_mode if cfg.rollout.vllm_mode else ''} "
           f"deepspeed={'zero' + str(cfg.deepspeed.stage) if cfg.deepspeed.enabled else 'off'}")
     print(f"  image pixels: min={limits.min_pixels} max={limits.max_pixels}")
+    from mmr1.models.lora import plan_lines
+
+    for line in plan_lines(cfg.model, cfg.rollout):  # lora/qlora: the adapters, and vLLM's merged weight sync
+        print(line)
     for k in keys:
         if k in grpo_kwargs:
             print(f"  {k} = {grpo_kwargs[k]}")

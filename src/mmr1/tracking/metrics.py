@@ -47,6 +47,9 @@ class MetricsJsonlCallback(TrainerCallback):
         self.path = self.run_dir / "metrics.jsonl"
         self.eval_path = self.run_dir / "eval_metrics.jsonl"
         self.extra: dict[str, Any] = {}  # merged into the next train row (e.g. data skip counts)
+        # The end-of-train log (train_runtime, ...): a summary, not a step; train.py hands it to
+        # Trainer.save_metrics, which writes train_results.json.
+        self.summary: dict[str, Any] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -67,8 +70,7 @@ class MetricsJsonlCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         if _SUMMARY_KEYS & logs.keys():
-            summary = {k: _jsonable(v) for k, v in logs.items()}
-            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            self.summary = {k: _jsonable(v) for k, v in logs.items()}
             return
         row = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
         is_eval = any(k.startswith("eval_") for k in logs)

@@ -74,7 +74,7 @@ class RewardProgressBar(ProgressCallback):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return
         if "train_runtime" in logs:
-            return  # the end-of-training summary: train_summary.json has it
+            return  # the end-of-training summary: train_results.json has it
         if any(k.startswith("eval_") for k in logs):
             fields = reward_postfix(logs, prefix="eval_")
             self.training_bar.write(f"eval @ step {state.global_step}: "
