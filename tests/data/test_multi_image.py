@@ -115,3 +115,23 @@ def test_pair_count_trains_two_steps_then_evaluates(tmp_path):
             module="mmr1.evaluate", timeout=300)
     result = json.loads((run / "eval.json").read_text())
     assert result["rows"] == 4 and all(len(r["image_id"]) == 2 for r in result["records"])
+
+
+@pytest.mark.slow
+def test_the_warm_start_trains_and_gates_on_two_image_rows(tmp_path):
+    """The tiny model's default run starts with the SFT warm-start: its rows and gate carry `images` too."""
+    from mmr1.data import resolve_pixel_limits
+    from mmr1.models import load_processor
+    from mmr1.models.tiny import tiny_qwen2_5_vl_path
+    from mmr1.warmstart import run_warmstart
+    from testkit import compose_cfg
+
+    ws = {"max_steps": 2, "num_samples": 8, "gate_samples": 4, "batch_size": 4, "gate_start": 1, "gate_every": 1,
+          "warmup_steps": 0}
+    cfg = compose_cfg(["dataset=synthetic_pair_count", *(f"model.warmstart.{k}={v}" for k, v in ws.items())])
+    limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
+    base = str(tiny_qwen2_5_vl_path())
+    processor = load_processor(base, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
+    report = run_warmstart(cfg, base, processor, limits, tmp_path / "warmstart-pairs")
+    assert report["steps"] == 2 and [s for s, _ in report["gate_history"]] == [1, 2]  # the gate generated twice
+    assert (tmp_path / "warmstart-pairs" / "mmr1_warmstart.json").exists()
