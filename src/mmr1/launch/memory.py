@@ -152,6 +152,14 @@ class Arch:
     def n_params(self) -> int:
         return self.n_params_text + self.n_params_vision
 
+    def lora_params(self, r: int, vision: bool = False) -> int:
+        """LoRA's A (r x in) and B (out x r) on every linear of the decoder layers (and of the vision blocks):
+        ``model.lora.target_modules=['all-linear']`` (mmr1.models.lora)."""
+        h, kv, i, vh, vi = self.hidden, self.kv_dim, self.intermediate, self.v_hidden, self.v_intermediate
+        text = (h + h) * 2 + (h + kv) * 2 + (h + i) * 3  # q, o; k, v; gate, up, down
+        blocks = (vh + 3 * vh) + (vh + vh) + (vh + vi) * 3 if vision and self.v_depth else 0  # qkv, proj, MLP
+        return r * (self.layers * text + self.v_depth * blocks)
+
 
 def arch_from_config(config: dict[str, Any]) -> Arch:
     """An ``Arch`` from a Hugging Face config dict (transformers 5 nests ``text_config``; 4.x was flat)."""
@@ -267,6 +275,10 @@ class Plan:
     gather_for_generation: bool = True
     fused_lm_head: bool = True  # TRL 1.16's GRPOTrainer (add_fused_lm_head); False: full [B, C, V] logits
     compact_lm_head: bool = True  # CUDA: only completion positions are scored; elsewhere every position
+    # LoRA/QLoRA (model.train_type): the adapters' parameter count (None = full fine-tuning: all n_params train),
+    # and bytes per frozen base weight of the linear layers (0 = param_bytes; qlora: 4-bit NF4 + its constants).
+    trainable: int | None = None
+    base_linear_bytes: float = 0.0
     allgather_bucket: float = 2e8
     reduce_bucket: float = 0.0
     overhead_gb: float = OVERHEAD_GB
@@ -368,6 +380,14 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
     text, img, completion, seq, notes = _sequence(
         cfg, max_pixels=max_pixels, prompt_tokens=prompt_tokens, image_tokens=image_tokens,
         images_per_prompt=images_per_prompt, text_tokens=text_tokens)
+    trainable, base_linear_bytes = None, 0.0
+    if cfg.model.train_type in ("lora", "qlora"):
+        lora = cfg.model.lora
+        trainable = arch.lora_params(int(lora.r), vision=bool(lora.vision_tower))
+        if list(lora.target_modules) != ["all-linear"]:
+            notes.append(f"model.lora.target_modules={list(lora.target_modules)}: adapters counted as all-linear's")
+        # bitsandbytes NF4: 4 bits + one fp32 absmax per 64 weights, double-quantized to 8 bits (+ fp32 per 256).
+        base_linear_bytes = 0.5 + (1 + 4 / 256) / 64 if cfg.model.train_type == "qlora" else 0.0
     if r.backend == "vllm":
         rollout = "vllm_server" if r.vllm_mode == "server" else "vllm_colocate"
     else:
@@ -383,7 +403,8 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
         vllm_gpu_memory_utilization=float(r.gpu_memory_utilization), vllm_sleep=bool(r.enable_sleep_mode),
         server_gpus=int(r.server_gpus), vllm_tp=int(r.tensor_parallel_size),
         gather_for_generation=bool(ds.get("gather_for_generation", True)), allgather_bucket=allgather_bucket,
-        reduce_bucket=reduce_bucket, gpu_memory_gb=float(gpu_memory_gb),
+        reduce_bucket=reduce_bucket, gpu_memory_gb=float(gpu_memory_gb), trainable=trainable,
+        base_linear_bytes=base_linear_bytes,
     )
     if cfg.launcher.nproc_per_node is None and "NPROC_PER_NODE" not in env and world_size is None:
         notes.append("launcher.nproc_per_node unset: estimated for 1 trainer per node (set it to the plan's)")
@@ -402,24 +423,32 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     # ZeRO-Offload (Ren et al. 2021): offload_optimizer moves the optimizer states and the fp32 gradient
     # partitions to CPU (the GPU keeps only reduce buckets); offload_param (stage 3) the 16-bit weights too.
     pb = p.param_bytes
+    # LoRA: gradients and Adam states for the adapters only, the base weights frozen (4-bit under qlora, where
+    # bitsandbytes quantizes the linear layers and leaves the embeddings and norms 16-bit); t = what trains.
+    t = n if p.trainable is None else p.trainable
+    base = float(n * pb)
+    if p.base_linear_bytes:
+        embed = arch.vocab * arch.hidden * (1 if arch.tied else 2)
+        base = (n - embed) * p.base_linear_bytes + embed * pb
+    model_bytes = base + (0 if p.trainable is None else t * pb)
     weights: float
     grads: float
     optim: float
     if zero is None:
         # No DeepSpeed: the Trainer's torch AdamW keeps exp_avg and exp_avg_sq in the parameters' dtype and no
         # master copy (model.torch_dtype bf16 => 2 + 2 + 4 bytes per parameter).
-        weights, grads, optim = n * pb, n * pb, 2 * n * pb
+        weights, grads, optim = model_bytes, t * pb, 2 * t * pb
         if w > 1:
             # torch DDP: gradient_as_bucket_view=False (the Trainer's default) copies every gradient into its
             # communication buckets, a second gradient-sized buffer (torch.nn.parallel.DistributedDataParallel).
             grads *= 2
     else:
         opt_per_param = 12 if p.mixed_precision else 8  # fp32 training: no separate master copy (K = 8)
-        weights = n * pb / (w if zero == 3 else 1)
-        grads = n * pb / (w if zero >= 2 else 1)
-        optim = n * opt_per_param / (w if zero >= 1 else 1)
+        weights = model_bytes / (w if zero == 3 else 1)
+        grads = t * pb / (w if zero >= 2 else 1)
+        optim = t * opt_per_param / (w if zero >= 1 else 1)
         if p.offload_optimizer:
-            cpu["optimizer"] = optim + n * FP32 / w  # + the fp32 gradient partition CPU Adam updates from
+            cpu["optimizer"] = optim + t * FP32 / w  # + the fp32 gradient partition CPU Adam updates from
             optim = 0.0
             grads = 0.0 if zero >= 2 else grads
         if p.offload_param:
@@ -428,7 +457,7 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     # TRL (GRPOTrainer.__init__): beta != 0 loads a frozen reference copy in the same dtype; under ZeRO-3 it is
     # wrapped by DeepSpeed (prepare_deepspeed: sharded like the policy, offloaded with it), else whole per GPU.
     reference = 0.0
-    if p.reference:
+    if p.reference and p.trainable is None:  # LoRA: TRL's reference is the model with its adapters disabled
         reference = n * pb / (w if zero == 3 else 1)
         if p.offload_param:
             cpu["reference"], reference = reference, 0.0
@@ -471,7 +500,9 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     if p.fused_lm_head:
         tile = min(scored, TRL_TOKEN_CHUNK) * min(arch.vocab, TRL_VOCAB_CHUNK) * a
         lm_fwd = scored * h * a + tile
-        lm_bwd = scored * h * (FP32 + a) + arch.vocab * h * (FP32 + a) + tile + tokens * h * a
+        lm_bwd = scored * h * (FP32 + a) + tile + tokens * h * a
+        if p.trainable is None:  # the head's weight gradient; LoRA leaves the head frozen (needs_input_grad)
+            lm_bwd += arch.vocab * h * (FP32 + a)
     else:
         lm_fwd = b * c * arch.vocab * (a + FP32)
         lm_bwd = lm_fwd + b * c * arch.vocab * FP32  # the logits' gradient
@@ -608,7 +639,9 @@ def format_estimate(est: dict[str, Any]) -> str:
     gc = "checkpointed" if p["gradient_checkpointing"] else "no checkpointing"
     lines = [
         f"memory estimate per trainer GPU ({p['world']} trainer{'s' if p['world'] > 1 else ''}, {zero}, {dtype} "
-        f"weights; {est.get('model', '?')}, {_count(est['n_params'])} params):",
+        f"weights; {est.get('model', '?')}, {_count(est['n_params'])} params"
+        + (f", {_count(p['trainable'])} trainable ({100 * p['trainable'] / est['n_params']:.2f}%, LoRA"
+           + (", 4-bit base" if p["base_linear_bytes"] else "") + ")" if p["trainable"] is not None else "") + "):",
         "  " + " | ".join(f"{k.replace('_', ' ')} {_fmt(c[k])}" for k in
                           ("weights", "gradients", "optimizer", "reference", "zero_buffers", "overhead")),
         f"  activations {_fmt(c['activations'])} GB ({gc}; micro-batch {p['micro_batch']} x {p['seq_len']} tokens "

@@ -18,7 +18,7 @@ never lm_head, the embeddings or the vision merger; the vision blocks with ``mod
 ...     "visual": torch.nn.ModuleDict({"qkv": torch.nn.Linear(2, 6), "merger": torch.nn.Linear(2, 2)})}),
 ...     "lm_head": torch.nn.Linear(2, 3)})
 >>> target_regex(toy, vision_tower=False)
-'^(model\\\\.language_model)(\\\\..+)?\\\\.(q_proj)$'
+'^(model\\\\.language_model\\\\.q_proj)$'
 >>> sorted(n for n, _ in toy.named_modules() if re.fullmatch(target_regex(toy, vision_tower=True), n))
 ['model.language_model.q_proj', 'model.visual.qkv']
 """
@@ -105,8 +105,9 @@ def _prefix(names: set[str], candidates: tuple[str, ...]) -> str | None:
 
 
 def target_regex(model: Any, *, vision_tower: bool) -> str:
-    """A regex peft matches against module names: every linear of the language model (and of the vision
-    blocks with ``vision_tower``), by their leaf names, excluding ``_NEVER``."""
+    """A regex peft matches against module names: the path of every linear of the language model (and of the
+    vision blocks with ``vision_tower``), layer numbers generalized to ``\\d+``, ``_NEVER`` excluded. Whole
+    paths, not leaf names: a leaf such as the vision attention's ``proj`` is also the patch embedding's Conv3d."""
     import torch
 
     names = {n for n, _ in model.named_modules()}
@@ -114,11 +115,10 @@ def target_regex(model: Any, *, vision_tower: bool) -> str:
     if not prefixes:
         raise LoraSetupError(f"model.lora.target_modules=['all-linear']: {type(model).__name__} has none of the "
                              f"language-model modules {', '.join(_LANGUAGE)}; list its module names instead")
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and any(n.startswith(p + ".") for p in prefixes)
-                     and not any(x in n for x in _NEVER)})
-    group = "|".join(re.escape(p) for p in prefixes)
-    return f"^({group})(\\..+)?\\.({'|'.join(re.escape(leaf) for leaf in leaves)})$"
+    paths = sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and any(n.startswith(p + ".") for p in prefixes)
+                    and not any(x in n for x in _NEVER)})
+    return f"^({'|'.join(paths)})$"
 
 
 def peft_config(model_cfg: Any, model: Any) -> Any:
@@ -137,6 +137,40 @@ def peft_config(model_cfg: Any, model: Any) -> Any:
     # task_type stays unset: peft's CAUSAL_LM wrapper would drop the VLM's pixel_values / image_grid_thw.
     return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                            bias="none")
+
+
+def vllm_merges_adapters() -> bool:
+    """Does the installed TRL merge peft adapters into the base weights when it syncs them to vLLM? Read from
+    its source (TRL 1.16: ``VLLMGeneration._iter_named_params`` calls ``merge_adapter``, streams the base
+    weights under vLLM's names, then ``unmerge_adapter``); a TRL without it would send vLLM the bare base
+    model and every rollout would ignore the training (tests/test_lora.py runs that path on a tiny model)."""
+    import inspect
+
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    source = inspect.getsource(VLLMGeneration._iter_named_params)
+    return "merge_adapter()" in source and "unmerge_adapter()" in source
+
+
+def plan_lines(model_cfg: Any, rollout_cfg: Any) -> list[str]:
+    """The dry run's lines for a LoRA/QLoRA run (none for ``full``); raises where vLLM would get no adapters."""
+    tt = model_cfg.train_type
+    if tt == "full":
+        return []
+    lc = model_cfg.lora
+    targets = ("the language model's linear layers" + (" and the vision blocks'" if lc.vision_tower else "")
+               if list(lc.target_modules) == ["all-linear"] else f"modules {list(lc.target_modules)}")
+    quant = f"; base weights 4-bit {lc.quant_type} (bitsandbytes)" if tt == "qlora" else ""
+    lines = [f"  {tt}: r={lc.r} alpha={lc.alpha} dropout={lc.dropout} on {targets}{quant}; KL reference = the "
+             "adapters disabled (no second model copy)"]
+    if rollout_cfg.backend == "vllm":
+        if not vllm_merges_adapters():
+            raise LoraSetupError(f"model.train_type={tt} with rollout.backend=vllm: the installed TRL does not merge "
+                                 "peft adapters for its vLLM weight sync (VLLMGeneration._iter_named_params); vLLM "
+                                 "would generate with the base model. Use rollout=hf or TRL 1.16.")
+        lines.append("  vLLM weight sync: TRL merges the adapters into the base weights, streams them under the "
+                     "base model's names, then unmerges (VLLMGeneration._iter_named_params): checked")
+    return lines
 
 
 def trainable_share(model: Any) -> tuple[int, int]:
