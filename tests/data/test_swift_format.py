@@ -54,7 +54,8 @@ def test_jsonl_is_detected_and_the_assistant_turn_is_dropped(tmp_path):
 
 
 def test_tags_become_image_parts_at_their_positions(tmp_path):
-    rows = [swift_row(0, tags="", images=["imgs/0.png", "imgs/1.png"])]
+    # `{bytes, path}` cells with only a path, as ms-swift's _cast_images makes of path strings.
+    rows = [swift_row(0, tags="", images=[{"bytes": None, "path": f"imgs/{i}.png"} for i in (0, 1)])]
     rows[0]["messages"][0]["content"] = "Left <image> and right <image>: how many in all?"
     bundle = build(write_jsonl(tmp_path, rows), eval_size=0)
     content = bundle.train[0]["prompt"][1]["content"]

@@ -40,7 +40,8 @@ class DatasetConfig:
     modelscope_id: str | None = None
     subset: str | None = None
     # source=local: a parquet file or directory, a .jsonl/.json file, or a save_to_disk directory, with the
-    # hub's columns (image, problem, solution, extras).
+    # hub's columns (image or images, problem, solution, extras) or ms-swift's (messages, images, solution),
+    # told apart by the columns (mmr1.data.swift_format).
     path: str | None = None
     # Where relative image paths in a jsonl/parquet resolve; None = the data file's directory.
     image_dir: str | None = None

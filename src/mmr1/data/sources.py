@@ -59,7 +59,7 @@ def _pick_split_files(files: list[Path], split: str) -> list[Path]:
 @SOURCES.register("local")
 def load_local(cfg: DatasetConfig, seed: int) -> tuple[Any, Path]:
     """A parquet file/dir, a jsonl/json file (image paths relative to it or ``image_dir``), or a
-    ``save_to_disk`` directory, all with the hub's columns."""
+    ``save_to_disk`` directory, with the hub's columns or ms-swift's (``messages``, ``images``, ``solution``)."""
     import datasets
 
     if not cfg.path:
