@@ -228,6 +228,10 @@ def test_a_rollback_that_recovers_finishes_reseeded_with_the_undone_checkpoints_
     events = read_events(run)
     assert [(e["event"], e["step"]) for e in events] == [("trip", 6), ("rollback", 6)]
     assert events[1]["to_step"] == 4 and events[1]["rollbacks"] == 1
+    # The rollouts for step 5 (generated at global_step 4): first attempt, then after the rollback.
+    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    first, again = [c for c in calls if c["step"] == 4]
+    assert first["completions"] != again["completions"] or first["solution"] != again["solution"]
     assert "lr x0.5, seed 1042" in (run / "train.log").read_text()  # trainer.seed 42 + 1000 x rollback 1
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 7
@@ -236,7 +240,3 @@ def test_a_rollback_that_recovers_finishes_reseeded_with_the_undone_checkpoints_
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-5.rolled-back1", "checkpoint-6",
                                                                 "checkpoint-7"]  # 6 and 7: the new trajectory
     assert (run / "final" / "model.safetensors").exists()
-    # The rollouts for step 5 (generated at global_step 4): first attempt, then after the rollback.
-    calls = [json.loads(line) for line in trace.read_text().splitlines()]
-    first, again = [c for c in calls if c["step"] == 4]
-    assert first["completions"] != again["completions"] or first["solution"] != again["solution"]
