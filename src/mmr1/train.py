@@ -181,10 +181,6 @@ def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path, wo
 
     for line in plan_lines(cfg.model, cfg.rollout):  # lora/qlora: the adapters, and vLLM's merged weight sync
         print(line)
-    from mmr1.models.lora import plan_lines
-
-    for line in plan_lines(cfg.model, cfg.rollout):  # lora/qlora: the adapters, and vLLM's merged weight sync
-        print(line)
     for k in keys:
         if k in grpo_kwargs:
             print(f"  {k} = {grpo_kwargs[k]}")
