@@ -39,6 +39,14 @@ def test_pair_count_rows_hold_two_images_and_their_total(pairs):
     assert pairs.stats["max_images_per_row"] == 2
 
 
+def test_preview_describes_every_image(pairs):
+    from mmr1.data.__main__ import preview_rows
+
+    row = next(preview_rows(pairs))
+    assert row["image_sizes_before"] == row["image_sizes_after"] == [[84, 84], [84, 84]]
+    assert row["image_tokens"] == pairs.train[0]["image_tokens"] == 18
+
+
 def test_each_unique_image_is_resized_once_and_bounded_alone(tmp_path):
     # Three rows share big.png (twice in row 0); max_pixels bounds each image, not the row's sum.
     rows = [{"images": ["big.png", "big.png"], "problem": "q0", "solution": "<answer> 0 </answer>"},
