@@ -33,3 +33,23 @@ def test_stored_sweep_keys_exist(sweep, experiment):
 
 def test_all_expected_sweeps_are_stored():
     assert set(EXPECTED) <= set(SWEEPS)
+
+
+@pytest.mark.parametrize(("params", "task"), [
+    ({}, ["trainer.beta=0,0.001", "trainer.max_grad_norm=0.5,1.0"]),
+    ({"trainer.beta": "0,0.04,0.1"}, ["trainer.seed=1,2"]),
+    ({"trainer.beta": "0,0.04,0.1"}, ["trainer.beta=0.5"]),           # the command line wins over params
+    ({}, ["trainer.seed=range(1,4)", "model=choice(a,b)", "dry_run=true"]),
+])
+def test_point_count_is_hydras(params, task):
+    """mmr1's count (public parser) equals the basic sweeper's own split (a private class, pinned here)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from mmr1.sweep.callback import count_points
+
+    config = OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}})
+    args = [f"{k}={v}" for k, v in params.items()] + task
+    (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    assert count_points(config) == len(batch) > 0

@@ -8,6 +8,7 @@ runs every point of a batch and only then re-raises the first failure, which ski
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,23 @@ TOTAL_ENV = "MMR1_SWEEP_TOTAL"  # points in this sweep, for the progress bar's "
 
 
 def count_points(config: DictConfig) -> int | None:
-    """Jobs the basic sweeper will launch: the product of every swept value list."""
+    """Jobs the basic sweeper will launch: the product of every swept value list.
+
+    Hydra's own rule (BasicSweeper.split_arguments, a private class): ``hydra.sweeper.params`` then the
+    command line, the last override of a key wins, one job per combination of the discrete sweeps.
+    Written here with the public override parser; tests/sweep pins it to Hydra's count.
+    """
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        task = [str(o) for o in config.hydra.overrides.task]
         params = config.hydra.sweeper.get("params") or {}
-        args = [f"{k}={v}" for k, v in params.items()] + task
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
-        return sum(len(b) for b in batches)
+        args = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in config.hydra.overrides.task]
+        sizes: dict[str, int] = {}
+        for o in OverridesParser.create().parse_overrides(args):
+            if o.is_sweep_override() and not o.is_discrete_sweep():
+                return None  # an interval sweep: only a sweeper plugin (optuna, ...) can run it
+            sizes[o.get_key_element()] = len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+        return math.prod(sizes.values())
     except Exception:  # noqa: BLE001 - another sweeper (optuna, ...): no count, just no "/N" in the label
         return None
 
@@ -56,8 +64,12 @@ class SweepReport(Callback):
         if getattr(job_return, "status", None) is not None and job_return.status.name == "FAILED":
             from mmr1.sweep.status import record_failure
 
-            # Failures before train.py's own hook (composition, an unwritable run dir) land here.
-            record_failure(hc.runtime.output_dir, job_return._return_value)
+            # Failures before train.py's own hook (composition, an unwritable run dir) land here;
+            # JobReturn.return_value re-raises a failed job's exception (its public way to give it).
+            try:
+                _ = job_return.return_value
+            except Exception as err:  # noqa: BLE001 - whatever the job raised is what gets recorded
+                record_failure(hc.runtime.output_dir, err)
         _finish_wandb()  # one wandb run per point, even when the points share this process
         self._write(Path(hc.sweep.dir))
 
