@@ -69,7 +69,9 @@ class _RestartCallback(TrainerCallback):
                     group["initial_lr"] *= self.lr_scale
             if hasattr(lr_scheduler, "base_lrs"):  # saved with later checkpoints: a resume keeps the lower lr
                 lr_scheduler.base_lrs = [lr * self.lr_scale for lr in lr_scheduler.base_lrs]
-            if getattr(lr_scheduler, "_last_lr", None):  # what Trainer logs as learning_rate until the next step
+            # Trainer logs get_last_lr(), which returns the private _last_lr until the next step; torch has no
+            # public setter (a refresh API is discussed in pytorch#104361). Pinned by test_private_hooks.py.
+            if getattr(lr_scheduler, "_last_lr", None):
                 lr_scheduler._last_lr = [lr * self.lr_scale for lr in lr_scheduler._last_lr]
             self.lr_scale = 1.0
 
