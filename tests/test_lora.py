@@ -123,6 +123,10 @@ def test_memory_estimate_counts_the_adapters_peft_creates():
     for key in ("gradients", "optimizer"):
         assert lora["trainer_gpu_bytes"][key] == pytest.approx(full["trainer_gpu_bytes"][key] * share, rel=1e-6)
     assert full["trainer_gpu_bytes"]["reference"] > 0 == lora["trainer_gpu_bytes"]["reference"]
+    # peft keeps A's outputs, and with dropout a dropped copy of every adapted input (benchmarks/lora.py measures it)
+    no_dropout = estimate_memory(compose_cfg(seed + ["model.train_type=lora", "model.lora.dropout=0"]), env={})
+    acts = [e["trainer_gpu_bytes"]["activations"] for e in (full, no_dropout, lora)]
+    assert acts == sorted(acts) and acts[0] < acts[1] < acts[2]
     qlora = estimate_memory(compose_cfg(seed + ["model.train_type=qlora"]), env={})
     assert qlora["trainer_gpu_bytes"]["weights"] < 0.5 * lora["trainer_gpu_bytes"]["weights"]
 

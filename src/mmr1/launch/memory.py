@@ -279,6 +279,7 @@ class Plan:
     # and bytes per frozen base weight of the linear layers (0 = param_bytes; qlora: 4-bit NF4 + its constants).
     trainable: int | None = None
     base_linear_bytes: float = 0.0
+    adapter_act_bytes: int = 0  # per token and decoder layer: what the LoRA layers keep for their backward
     allgather_bucket: float = 2e8
     reduce_bucket: float = 0.0
     overhead_gb: float = OVERHEAD_GB
@@ -380,7 +381,7 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
     text, img, completion, seq, notes = _sequence(
         cfg, max_pixels=max_pixels, prompt_tokens=prompt_tokens, image_tokens=image_tokens,
         images_per_prompt=images_per_prompt, text_tokens=text_tokens)
-    trainable, base_linear_bytes = None, 0.0
+    trainable, base_linear_bytes, adapter_act_bytes = None, 0.0, 0
     if cfg.model.train_type in ("lora", "qlora"):
         lora = cfg.model.lora
         trainable = arch.lora_params(int(lora.r), vision=bool(lora.vision_tower))
@@ -388,6 +389,12 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
             notes.append(f"model.lora.target_modules={list(lora.target_modules)}: adapters counted as all-linear's")
         # bitsandbytes NF4: 4 bits + one fp32 absmax per 64 weights, double-quantized to 8 bits (+ fp32 per 256).
         base_linear_bytes = 0.5 + (1 + 4 / 256) / 64 if cfg.model.train_type == "qlora" else 0.0
+        # peft's Linear keeps A's output (r) of each of the 7 adapted linears and, with dropout, its own dropped
+        # copy of each input (q, k, v, o, gate, up: h each; down: i) with torch's bool mask: measured on the tiny
+        # model's micro-batch, full 337 MiB -> LoRA 407 MiB above the weights (benchmarks/lora.py).
+        adapter_act_bytes = 7 * int(lora.r) * act_bytes
+        if float(lora.dropout) > 0:
+            adapter_act_bytes += (6 * arch.hidden + arch.intermediate) * (act_bytes + 1)
     if r.backend == "vllm":
         rollout = "vllm_server" if r.vllm_mode == "server" else "vllm_colocate"
     else:
@@ -404,7 +411,7 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
         server_gpus=int(r.server_gpus), vllm_tp=int(r.tensor_parallel_size),
         gather_for_generation=bool(ds.get("gather_for_generation", True)), allgather_bucket=allgather_bucket,
         reduce_bucket=reduce_bucket, gpu_memory_gb=float(gpu_memory_gb), trainable=trainable,
-        base_linear_bytes=base_linear_bytes,
+        base_linear_bytes=base_linear_bytes, adapter_act_bytes=adapter_act_bytes,
     )
     if cfg.launcher.nproc_per_node is None and "NPROC_PER_NODE" not in env and world_size is None:
         notes.append("launcher.nproc_per_node unset: estimated for 1 trainer per node (set it to the plan's)")
@@ -466,7 +473,7 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     b, s, c = p.micro_batch, p.seq_len, p.completion_tokens
     tokens = b * s
     h = arch.hidden
-    layer, layer_bwd = _text_layer_bytes(arch, a), _text_backward_bytes(arch, a)
+    layer, layer_bwd = _text_layer_bytes(arch, a) + p.adapter_act_bytes, _text_backward_bytes(arch, a)
     if p.gradient_checkpointing:
         # transformers checkpoints each decoder layer (GradientCheckpointingLayer): its input hidden state is
         # kept; the backward recomputes one layer at a time (Chen et al. 2016, "Training Deep Nets with
