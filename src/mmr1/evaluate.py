@@ -114,6 +114,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     model_path, proc_path, run_dir = resolve_target(cfg, limits)
     out_path = Path(ev.output) if ev.output else (run_dir or prepare_run_dir(out_dir)) / "eval.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # eval.output may name a folder not made yet
     data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
                           seed=cfg.trainer.seed)  # the training seed: the same held-out rows as training
     split = data.eval if ev.split == "eval" else data.train if ev.split == "train" else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 
 import pytest
@@ -38,40 +40,121 @@ def test_lengths_count_through_the_first_end_of_turn():
     assert completion_lengths(ids, {9}, 0) == ([3, 5], [False, True])
 
 
-@pytest.mark.slow
-def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
-    """Evaluate a run directory's final/ (the random tiny model): eval.json lands in the run directory, every
-    record's rewards equal the registered reward functions on the same text, and the sweep report shows it."""
+# The constant answerer's completion: the R1 format with the answer 2, whatever the image shows.
+CONSTANT = "<think>x</think><answer>2</answer>"
+TRAIN = ["model.warmstart.enabled=false", "dataset.num_samples=16", "dataset.eval_size=8",
+         "trainer.max_completion_length=16", "trainer.temperature=0.5", "trainer.top_p=0.95"]
+EVAL = [*TRAIN, "eval.top_k=3", "eval.batch_size=4", "eval.num_samples=3", "eval.pass_k=[1,3]"]
+_TAGS = re.compile(r"^<think>.*?</think>\s*<answer>(.*?)</answer>$", re.DOTALL)
+
+
+def constant_answerer(dst):
+    """The tiny model fine-tuned (plain next-token loss on the completion) to answer CONSTANT to every
+    prompt of the training split: a checkpoint that truly differs from the base model."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmr1.data import build_datasets
+    from mmr1.models import load_processor
+    from mmr1.models.generation import row_images
     from mmr1.models.tiny import tiny_qwen2_5_vl_path
-    from mmr1.rewards import get
+    from testkit import compose_cfg
+
+    base = tiny_qwen2_5_vl_path()
+    cfg = compose_cfg(TRAIN)
+    rows = build_datasets(cfg.dataset, min_pixels=None, max_pixels=None, seed=cfg.trainer.seed).train
+    processor = load_processor(str(base), min_pixels=None, max_pixels=None)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    batches = []
+    for r in [rows[i] for i in range(6)]:
+        prompt = processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[prompt + CONSTANT + "<|im_end|>"], images=row_images(r), return_tensors="pt")
+        n_prompt = processor(text=[prompt], images=row_images(r), return_tensors="pt")["input_ids"].shape[1]
+        labels = inputs["input_ids"].clone()
+        labels[:, :n_prompt] = -100
+        batches.append({**inputs, "labels": labels})
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(40):
+        loss = model(**batches[step % len(batches)]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(dst)
+    processor.save_pretrained(dst)
+    shutil.copy(base / "mmr1_recipe.json", dst / "mmr1_recipe.json")
+    return float(loss.detach())
+
+
+def _evaluate(tmp_path, name, *extra):
+    run_cli([*EVAL, *extra, f"hydra.run.dir={tmp_path / ('hydra-' + name)}"], module="mmr1.evaluate", timeout=300,
+            env=ONE_THREAD)
+
+
+def _answer(text):
+    m = _TAGS.match(text.strip())
+    return m.group(1).strip() if m else None
+
+
+def _check_against_an_independent_count(result, solutions):
+    """Every headline number recomputed here from the completions' text, lengths and the rows' solutions."""
+    gold = [re.search(r"<answer>(.*?)</answer>", s).group(1).strip() for s in solutions]
+    assert [r["solution"] for r in result["records"]] == solutions  # the held-out rows, in order
+    greedy = [r["greedy"] for r in result["records"]]
+    correct = [float(_answer(g["text"]) == a) for g, a in zip(greedy, gold)]
+    formatted = [float(_answer(g["text"]) is not None) for g in greedy]
+    truncated = [float(g["length"] == 16 and not g["text"].endswith("</answer>")) for g in greedy]
+    n = len(solutions)
+    assert result["accuracy"] == pytest.approx(sum(correct) / n)
+    assert result["format_rate"] == pytest.approx(sum(formatted) / n)
+    assert result["truncated_rate"] == pytest.approx(sum(truncated) / n)
+    assert result["rewards"] == pytest.approx({"external_r1v_acc": sum(correct) / n, "format": sum(formatted) / n})
+    assert result["mean_length"] == pytest.approx(sum(g["length"] for g in greedy) / n)
+    sampled = result["sampled"]
+    # The trainer's sampling settings unless eval.* overrides them (eval.top_k=3 here).
+    assert (sampled["n"], sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (3, 0.5, 0.95, 3)
+    hits = [sum(_answer(c["text"]) == a for c in r["samples"]) for r, a in zip(result["records"], gold)]
+    for k in (1, 3):
+        expect = sum(1 - math.comb(3 - c, k) / math.comb(3, k) for c in hits) / n
+        assert sampled["pass_at_k"][str(k)] == pytest.approx(expect)
+    return sum(correct) / n
+
+
+@pytest.mark.slow
+def test_evaluate_tells_a_checkpoint_that_answers_from_the_base_model(tmp_path):
+    """Two models that truly differ: a run whose final/ answers "2" in the R1 format to everything, and the
+    base model (eval.checkpoint=null). Accuracy, format and truncation rates, per-reward means, pass@k and
+    the sampling settings are each checked against a count made here from the records; eval.output is
+    honoured; the sweep report picks up the run's eval.json."""
+    from mmr1.data import build_datasets
+    from mmr1.sweep.table import write_report
+    from testkit import compose_cfg
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_qwen2_5_vl_path(), run / "final")
+    assert constant_answerer(run / "final") < 0.2  # learnt (mean NLL per completion token)
     (run / "run_info.json").write_text(json.dumps({"status": "finished", "steps": 0}))
-    run_cli(["model.warmstart.enabled=false", "dataset.num_samples=16", "dataset.eval_size=6",
-             "trainer.max_completion_length=8", f"eval.checkpoint={run}", "eval.batch_size=4",
-             "eval.num_samples=2", "eval.pass_k=[1,2]", f"hydra.run.dir={tmp_path / 'hydra'}"],
-            module="mmr1.evaluate", timeout=240, env=ONE_THREAD)
-    result = json.loads((run / "eval.json").read_text())
-    assert result["rows"] == 6 and len(result["records"]) == 6 and result["mode"] == "greedy"
-    assert result["model"] == str(run / "final") and result["accuracy_reward"] == "external_r1v_acc"
-    acc, fmt = get("external_r1v_acc"), get("format")
-    for rec in result["records"]:
-        g = rec["greedy"]
-        assert 1 <= g["length"] <= 8 and len(rec["samples"]) == 2
-        for c in [g, *rec["samples"]]:
-            assert c["rewards"]["external_r1v_acc"] == acc([c["text"]], solution=[rec["solution"]])[0]
-            assert c["rewards"]["format"] == fmt([c["text"]])[0]
-    greedy_acc = [r["greedy"]["rewards"]["external_r1v_acc"] for r in result["records"]]
-    assert result["accuracy"] == pytest.approx(sum(greedy_acc) / 6)
-    assert result["mean_length"] == pytest.approx(sum(r["greedy"]["length"] for r in result["records"]) / 6)
-    assert set(result["sampled"]["pass_at_k"]) == {"1", "2"}
-    assert result["sampled"]["pass_at_k"]["1"] <= result["sampled"]["pass_at_k"]["2"]
+    cfg = compose_cfg(TRAIN)
+    held_out = build_datasets(cfg.dataset, min_pixels=None, max_pixels=None, seed=cfg.trainer.seed).eval
+    solutions = [held_out[i]["solution"] for i in range(len(held_out))]
+    expected_acc = sum("<answer> 2 </answer>" == s for s in solutions) / len(solutions)
+    assert 0 < expected_acc < 1  # the rows mix answers: accuracy is neither all nor nothing
 
-    from mmr1.sweep.table import write_report
+    _evaluate(tmp_path, "trained", f"eval.checkpoint={run}")
+    trained = json.loads((run / "eval.json").read_text())
+    assert trained["model"] == str(run / "final") and trained["checkpoint"] == str(run)
+    assert all(r["greedy"]["text"] == CONSTANT for r in trained["records"])
+    assert _check_against_an_independent_count(trained, solutions) == pytest.approx(expected_acc)
+    assert trained["format_rate"] == 1.0 and trained["truncated_rate"] == 0.0
+
+    out = tmp_path / "elsewhere" / "base.json"
+    _evaluate(tmp_path, "base", f"eval.output={out}")
+    base = json.loads(out.read_text())
+    assert not (tmp_path / "hydra-base" / "eval.json").exists()  # eval.output, not the run directory
+    assert base["checkpoint"] is None and base["model"] != trained["model"]
+    _check_against_an_independent_count(base, solutions)
+    assert base["accuracy"] < trained["accuracy"] and base["format_rate"] < 1.0
 
     (row,) = write_report(run, plots=False)
-    assert row["eval_acc"] == result["accuracy"] and row["eval_step"] == "eval.json"
+    assert row["eval_acc"] == trained["accuracy"] and row["eval_step"] == "eval.json"
 
 
 @pytest.mark.slow
