@@ -85,14 +85,19 @@ def test_accuracy_through_the_sandbox_equals_the_seed(funcs):
     cases = generated_cases(120, seed_value=2)
     completions, solutions = [c for c, _ in cases], [s for _, s in cases]
     metrics = Metrics()
-    out = funcs["external_r1v_acc"](**trl_kwargs(completions, solutions, metrics))
+    # The module's pool, with budgets no loaded machine reaches (the module's 1 s is for the sleeper; with
+    # it, 1 of these 120 items timed out on 2 loaded cores): this test requires zero timeouts.
+    acc = funcs["external_r1v_acc"]
+    cfg = RewardConfig(funcs=["external_r1v_acc"], timeout_s=60.0, batch_timeout_s=300.0, all_zero_patience=0)
+    acc = WatchedReward("external_r1v_acc", acc.spec, cfg, acc.pool, FailureLog(None, 0))
+    out = acc(**trl_kwargs(completions, solutions, metrics))
     assert out == seed(completions, solutions)
     assert metrics.logged == {
         "rewards/external_r1v_acc/timeouts": [0.0],
         "rewards/external_r1v_acc/errors": [0.0],
     }
     conversational = [[{"role": "assistant", "content": c}] for c in completions]
-    assert funcs["external_r1v_acc"](completions=conversational, solution=solutions) == out
+    assert acc(completions=conversational, solution=solutions) == out
 
 
 def test_a_raising_reward_is_counted_and_the_run_continues(funcs, run_dir):
@@ -106,16 +111,22 @@ def test_a_raising_reward_is_counted_and_the_run_continues(funcs, run_dir):
     assert len(records) <= 3  # max_failures_logged
 
 
-def test_a_reward_that_sleeps_forever_is_killed_and_replaced(funcs):
-    pool = funcs["fault_sleeps"].pool
+def test_a_reward_that_sleeps_forever_is_killed_and_replaced(funcs, tmp_path):
+    sleeps = funcs["fault_sleeps"]
+    pool = sleeps.pool
     before, restarts = set(pool.pids()), pool.restarts
     metrics = Metrics()
+    # The module's settings (item budget 1 s, batch budget 20 s), with a failure log of its own to read back.
+    guarded = WatchedReward("fault_sleeps", sleeps.spec, sleeps.cfg, pool, FailureLog(tmp_path / "f.jsonl", 10))
     t0 = time.monotonic()
-    out = funcs["fault_sleeps"](**trl_kwargs(["a", "b"], ["1", "2"], metrics))
+    out = guarded(**trl_kwargs(["a", "b"], ["1", "2"], metrics))
     elapsed = time.monotonic() - t0
     assert out == [0.0, 0.0]
     assert metrics.logged["rewards/fault_sleeps/timeouts"] == [2.0]
-    assert 0.9 < elapsed < 4.0  # ~timeout_s (1 s), the two items in parallel
+    # Which deadline fired: each item's own (reward.timeout_s), not the batch's; no deadline fires early.
+    errors = [json.loads(line)["error"] for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert errors == ["no result within reward.timeout_s=1.0"] * 2
+    assert elapsed >= 1.0
     assert pool.restarts == restarts + 2
     assert not before & set(pool.pids())  # the hung workers are gone...
     for pid in before:
@@ -175,16 +186,20 @@ def test_a_missing_dataset_column_fails_loudly(funcs):
         funcs["external_r1v_acc"](completions=["3"])
 
 
-def test_batch_budget(funcs):
+def test_batch_budget(funcs, tmp_path):
     # The module's pool, with a generous per-item budget: only the batch budget can end this call.
     sleeps = funcs["fault_sleeps"]
-    cfg = RewardConfig(funcs=["fault_sleeps"], timeout_s=30.0, batch_timeout_s=2.5, all_zero_patience=0)
-    guarded = WatchedReward("fault_sleeps", sleeps.spec, cfg, sleeps.pool, FailureLog(None, 0))
+    cfg = RewardConfig(funcs=["fault_sleeps"], timeout_s=60.0, batch_timeout_s=2.5, all_zero_patience=0)
+    guarded = WatchedReward("fault_sleeps", sleeps.spec, cfg, sleeps.pool, FailureLog(tmp_path / "f.jsonl", 10))
     assert sleeps.pool.wait_ready()
     t0 = time.monotonic()
     assert guarded(completions=["a", "b", "c", "d"]) == [0.0] * 4
-    assert time.monotonic() - t0 < 4.0  # the batch budget (2.5 s), not 4 x 30 s
+    elapsed = time.monotonic() - t0
     assert guarded.stats["timeouts"] == 4
+    # Which deadline fired: the batch's, for all four (two were running, two never started).
+    errors = [json.loads(line)["error"] for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert errors == ["reward.batch_timeout_s=2.5 ran out before this item was scored"] * 4
+    assert 2.5 <= elapsed < 60.0  # the item budget (60 s) would be the next deadline: 24x the batch budget
 
 
 def test_close_leaves_no_process_behind():
