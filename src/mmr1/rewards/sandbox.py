@@ -85,14 +85,14 @@ class _Worker:
         # Non-blocking on the trainer's side only (the worker's ends are other open files).
         os.set_blocking(to_fd, False)
         os.set_blocking(from_fd, False)
-        self.outbox = memoryview(b"")  # the unsent rest of the last chunk sent
-        self.written = 0  # bytes written to it, all chunks
+        self.outbox = memoryview(b"")  # the unsent rest of the last item sent
+        self.written = 0  # bytes written to it, all items
         self.inbox = bytearray()  # answers read, the last one maybe partial
         self.broken = False  # a write failed (it exited) or its answers were garbled: treated as dead
         self.ready = False
         self.started = time.monotonic()
-        self.chunk: deque[int] = deque()  # item indices sent and not answered yet, in the worker's order
-        self.since = 0.0  # when the worker started on the head of its chunk (sent, or previous answer)
+        self.sent: deque[int] = deque()  # item indices sent and not answered yet, in the worker's order
+        self.since = 0.0  # when the worker started on its oldest unanswered item (sent, or previous answer)
 
     def deadline(self, timeout_s: float) -> float:
         return self.since + timeout_s
@@ -182,8 +182,8 @@ class WorkerPool:
     ready; items only go to ready workers, so start-up time never eats into an item's budget.
     """
 
-    # A worker with at most this many unanswered items gets the next chunk (see _dispatch).
-    _inflight_room = 8
+    # Items sent to a worker and not answered yet, at most (see _dispatch).
+    _in_flight = 2
 
     def __init__(self, num_workers: int = 2, plugins: Iterable[str] = (), start_timeout_s: float = 120.0):
         self.num_workers = int(num_workers)
@@ -281,8 +281,8 @@ class WorkerPool:
     def run(self, tasks: list[tuple[str, bytes]], timeout_s: float, batch_timeout_s: float) -> list[Outcome]:
         """Score `(reward name, pickled kwargs)` items; every item gets an Outcome within the budgets.
 
-        Items go out in chunks (fewer round trips, a worker never waits for the trainer between
-        items) and come back one answer each; an item's `timeout_s` runs from the answer before it.
+        Items go out one by one, two in flight per worker (a worker never waits for the trainer
+        between items), and come back one answer each; an item's `timeout_s` runs from the answer before it.
         Every wait here ends by the nearest deadline, so a call returns within `batch_timeout_s`
         (plus start-up and kill time) whatever a reward does. An exception from inside the call
         (a signal handler's KeyboardInterrupt, SandboxError) kills the workers that still hold its
@@ -302,7 +302,7 @@ class WorkerPool:
                         # (it is bounded by start_timeout_s). Replacements within this call do count.
                         batch_deadline = now + batch_timeout_s
                     self._dispatch(tasks, results, pending, now)
-                    busy = [w for w in self._workers if w.chunk]
+                    busy = [w for w in self._workers if w.sent]
                     if not pending and not busy:
                         break
                     if batch_deadline is not None and now >= batch_deadline:
@@ -314,7 +314,7 @@ class WorkerPool:
                         + starting
                         + ([batch_deadline] if batch_deadline is not None else [])
                     )
-                    readers = [w for w in self._workers if w.chunk or not w.ready]
+                    readers = [w for w in self._workers if w.sent or not w.ready]
                     writers = [w for w in self._workers if w.outbox]
                     for worker, writable in _poll(readers, writers, wake - now):
                         if worker not in self._workers:  # replaced earlier in this round
@@ -336,35 +336,31 @@ class WorkerPool:
     def _abandon(self) -> None:
         # Workers holding an interrupted call's items: their answers would belong to no call. Killed
         # (not replaced: an interrupted run should stop quickly); the next call refills the pool.
-        stale = [w for w in self._workers if w.chunk or w.outbox]
+        stale = [w for w in self._workers if w.sent or w.outbox]
         for worker in stale:
             worker.kill()
         self._workers[:] = [w for w in self._workers if w not in stale]  # in place: the finalizer holds it
 
     def _dispatch(self, tasks, results, pending, now) -> None:
-        # Up to two chunks in flight per worker: the next one is already in the pipe when a worker
-        # finishes, so it never idles for a round trip to the trainer (which cost about as much as
-        # scoring a chunk of typical items). Timeouts are unaffected: an item's clock starts at the
-        # answer before it, and a killed worker's unstarted items go back to the queue. A worker gets
-        # a chunk only once the previous one is all in its pipe: a stuck worker holds at most one
-        # unsent chunk, and its head item's deadline (running all along) gets it killed.
+        # One item per send, up to two in flight per worker: the next item is already in the pipe when a
+        # worker answers, so it never idles for a round trip to the trainer. Timeouts are unaffected: an
+        # item's clock starts at the answer before it, and a killed worker's unstarted item goes back to
+        # the queue. A worker gets an item only once the previous one is all in its pipe: a stuck worker
+        # holds at most one unsent item, and its head item's deadline (running all along) gets it killed.
         for worker in list(self._workers):
             if not pending:
                 return
-            if not worker.ready or worker.broken or worker.outbox or len(worker.chunk) > self._inflight_room:
+            if not worker.ready or worker.broken or worker.outbox or len(worker.sent) >= self._in_flight:
                 continue
-            idle = not worker.chunk
+            idle = not worker.sent
             if idle and worker.proc.poll() is not None:  # it died while idle: nothing of this call lost
                 self._replace(worker)
                 continue
-            # Guided self-scheduling: big chunks while much is left, single items at the end so
-            # one slow item does not leave the other workers idle.
-            size = min(8, max(1, len(pending) // (2 * len(self._workers))))
-            chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
-            worker.outbox = _frame([(i, tasks[i][0], tasks[i][1]) for i in chunk])
+            index = pending.popleft()
+            worker.outbox = _frame([(index, tasks[index][0], tasks[index][1])])
             if idle:  # else the head item's clock keeps running from its predecessor's answer
                 worker.since = now
-            worker.chunk.extend(chunk)
+            worker.sent.append(index)
             written = worker.written
             if worker.flush():
                 continue
@@ -376,8 +372,8 @@ class WorkerPool:
 
     def _requeue(self, worker: _Worker, pending: deque) -> None:
         # Items the worker had not started yet go back to the front, in order, for another worker.
-        pending.extendleft(reversed(worker.chunk))
-        worker.chunk.clear()
+        pending.extendleft(reversed(worker.sent))
+        worker.sent.clear()
 
     def _receive(self, worker: _Worker, results: list, pending: deque) -> None:
         messages, eof = worker.read()
@@ -390,8 +386,8 @@ class WorkerPool:
             else:  # ("result", index, status, value, error)
                 _, index, status, value, error = msg
                 now = time.monotonic()
-                if worker.chunk and worker.chunk[0] == index:
-                    worker.chunk.popleft()
+                if worker.sent and worker.sent[0] == index:
+                    worker.sent.popleft()
                     results[index] = Outcome(status, value, error, now - worker.since)
                     worker.since = now
         if not (eof or worker.broken):
@@ -402,9 +398,9 @@ class WorkerPool:
             code = worker.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             code = None
-        if worker.chunk:
+        if worker.sent:
             died = f"reward worker died (exit code {code})"
-            results[worker.chunk.popleft()] = Outcome("error", error=died, seconds=time.monotonic() - worker.since)
+            results[worker.sent.popleft()] = Outcome("error", error=died, seconds=time.monotonic() - worker.since)
             self._requeue(worker, pending)
         elif not worker.ready:
             self._start_failures += 1
@@ -414,8 +410,8 @@ class WorkerPool:
 
     def _expire_items(self, results: list, pending: deque, now: float, timeout_s: float) -> None:
         for worker in list(self._workers):
-            if worker.chunk and now >= worker.deadline(timeout_s):
-                results[worker.chunk.popleft()] = Outcome(
+            if worker.sent and now >= worker.deadline(timeout_s):
+                results[worker.sent.popleft()] = Outcome(
                     "timeout",
                     error=f"no result within reward.timeout_s={timeout_s}",
                     seconds=now - worker.since,
@@ -428,7 +424,7 @@ class WorkerPool:
     def _expire_batch(self, results, pending, busy, now, batch_timeout_s) -> None:
         error = f"reward.batch_timeout_s={batch_timeout_s} ran out before this item was scored"
         for worker in busy:
-            results[worker.chunk.popleft()] = Outcome("timeout", error=error, seconds=now - worker.since)
+            results[worker.sent.popleft()] = Outcome("timeout", error=error, seconds=now - worker.since)
             self._requeue(worker, pending)
             self._replace(worker)
         while pending:
