@@ -143,6 +143,10 @@ def build_datasets(
     import datasets
 
     cfg = to_config(dataset_cfg)
+    if cfg.tasks:  # a mixture: each task built by this function, then mixed (mmr1.data.mixture)
+        from mmr1.data.mixture import build_mixture
+
+        return build_mixture(cfg, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed)
     name = cfg.name
     suffix = cfg.query_suffix
     if min_pixels is not None and max_pixels is not None:

@@ -7,7 +7,7 @@ bool, Optional, Enum. Every default is here; the YAML files set what differs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -74,3 +74,9 @@ class DatasetConfig:
     # Decoded images kept in memory per process so the num_generations copies of a prompt (and later epochs)
     # reuse one decode; bounded because 8k images at MAX_PIXELS would not fit many ranks' host RAM.
     image_cache_mb: int = 1024
+    # A task mixture (mmr1.data.mixture; conf/dataset/synthetic_mix.yaml): the tasks, each a dataset node of
+    # its own composed from its YAML (`defaults: [clevr_count@tasks.clevr_count, ...]`), so every row keeps its
+    # task's source, prompt suffix, system prompt and solution format. Empty = this node is one task.
+    tasks: dict[str, DatasetConfig] = field(default_factory=dict)
+    # This task's share of a mixture's training rows (relative to the other tasks' weights); unused alone.
+    weight: float = 1.0

@@ -161,6 +161,9 @@ def preflight(processing_class: Any, bundle: Any, *, max_length: int | None, con
         over = _check_split(processing_class, ds, bounds, report)
         if not over:
             continue
+        # A mixture's rows carry their task (mmr1.data.mixture): name it with the row.
+        task = ds.with_format(None)[over[0][0]].get("task")
+        dataset = bundle.stats.get("dataset", "?") + (f"/{task}" if task else "")
         if not skip:
             raise ValueError(_message(dataset, split, over, len(ds), bounds))
         log.warning("%s", _message(dataset, split, over, len(ds), bounds).replace(
