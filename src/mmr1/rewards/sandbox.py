@@ -6,22 +6,14 @@ workers start with exec (safe next to CUDA and threads, which fork is not), and 
 the training script's `__main__`, as spawn would. The deadlines are kept by the calling thread
 with `poll`, so no signal is involved: any thread, any rank.
 
-No wait is unbounded, sends included: the trainer's ends of the pipes are non-blocking. A worker
-stuck in a reward stops reading its pipe; once 64 KiB of queued items fill it, a blocking send
-would never return and no deadline would ever be checked again (issue 17). So messages are framed
-as `multiprocessing.connection` frames them (the worker reads them with `Connection.recv`), kept
-in a per-worker outbox, and written as far as the pipe takes them whenever `poll` says it has
-room; the worker's answers are read the same way, as far as they have arrived.
+No wait is unbounded, sends included: the trainer's ends of the pipes are non-blocking
+(mmr1.rewards.pipes says how).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import pickle
-import select
-import struct
 import subprocess
 import sys
 import threading
@@ -34,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmr1.rewards.pipes import WorkerPipe, frame, kill_all, poll_pipes
+
 _BOOT = "from mmr1.rewards.worker import main; main()"
 _SRC = str(Path(__file__).resolve().parents[2])  # the folder holding the `mmr1` package
 _POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
-_READ_MAX = 1 << 20  # bytes read from one worker per wake-up; the rest waits for the next poll
 
 
 class SandboxError(RuntimeError):
@@ -50,129 +43,6 @@ class Outcome:
     value: Any = None
     error: str = ""
     seconds: float = 0.0
-
-
-def _frame(obj: Any) -> memoryview:
-    """`obj` as `Connection.send` puts it on the wire: a big-endian length, then the pickle."""
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    n = len(payload)
-    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!i", -1) + struct.pack("!Q", n)
-    return memoryview(header + payload)
-
-
-def _unframe(buf: bytearray) -> list:
-    """The complete messages at the front of `buf` (removed from it); a partial one stays."""
-    messages, at = [], 0
-    while len(buf) - at >= 4:
-        (n,) = struct.unpack_from("!i", buf, at)
-        start = at + 4
-        if n == -1:
-            if len(buf) - start < 8:
-                break
-            (n,) = struct.unpack_from("!Q", buf, start)
-            start += 8
-        if len(buf) - start < n:
-            break
-        messages.append(pickle.loads(buf[start : start + n]))
-        at = start + n
-    del buf[:at]
-    return messages
-
-
-class _Worker:
-    def __init__(self, proc: subprocess.Popen, to_fd: int, from_fd: int):
-        self.proc, self.to_fd, self.from_fd = proc, to_fd, from_fd
-        # Non-blocking on the trainer's side only (the worker's ends are other open files).
-        os.set_blocking(to_fd, False)
-        os.set_blocking(from_fd, False)
-        self.outbox = memoryview(b"")  # the unsent rest of the last item sent
-        self.written = 0  # bytes written to it, all items
-        self.inbox = bytearray()  # answers read, the last one maybe partial
-        self.broken = False  # a write failed (it exited) or its answers were garbled: treated as dead
-        self.ready = False
-        self.started = time.monotonic()
-        self.sent: deque[int] = deque()  # item indices sent and not answered yet, in the worker's order
-        self.since = 0.0  # when the worker started on its oldest unanswered item (sent, or previous answer)
-
-    def deadline(self, timeout_s: float) -> float:
-        return self.since + timeout_s
-
-    def flush(self) -> bool:
-        """Write what the pipe takes now, never waiting; False if the worker's end is gone."""
-        while self.outbox:
-            try:
-                n = os.write(self.to_fd, self.outbox)
-            except BlockingIOError:  # full: poll says when it has room again
-                return True
-            except OSError:  # EPIPE: the worker exited; EBADF: closed
-                self.outbox, self.broken = memoryview(b""), True
-                return False
-            self.outbox = self.outbox[n:]
-            self.written += n
-        return True
-
-    def read(self) -> tuple[list, bool]:
-        """The messages that have arrived, never waiting; and True once the worker's end is closed."""
-        got = 0
-        while got < _READ_MAX:
-            try:
-                data = os.read(self.from_fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                return self._messages(), True
-            if not data:
-                return self._messages(), True
-            self.inbox += data
-            got += len(data)
-        return self._messages(), False
-
-    def _messages(self) -> list:
-        try:
-            return _unframe(self.inbox)
-        except Exception:  # noqa: BLE001 - a garbled stream: the worker is killed like a dead one
-            self.inbox.clear()
-            self.broken = True
-            return []
-
-    def close_fds(self) -> None:
-        for fd in (self.to_fd, self.from_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.to_fd = self.from_fd = -1
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()  # SIGKILL: a reward blocking signals or stuck in C code cannot refuse it
-            self.proc.wait(timeout=5)  # reap it: no zombie left behind
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self.close_fds()
-
-
-def _poll(readers: list[_Worker], writers: list[_Worker], timeout_s: float) -> list[tuple[_Worker, bool]]:
-    """Wait at most `timeout_s` for answers (or an end of file) from `readers` or room in the pipes of
-    `writers`; returns (worker, True if its pipe has room). `poll`, not `select`: a trainer can hold
-    more than 1024 file descriptors."""
-    poller, by_fd = select.poll(), {}
-    for worker in readers:
-        if worker.from_fd >= 0:
-            poller.register(worker.from_fd, select.POLLIN)
-            by_fd[worker.from_fd] = (worker, False)
-    for worker in writers:
-        if worker.to_fd >= 0:
-            poller.register(worker.to_fd, select.POLLOUT)
-            by_fd[worker.to_fd] = (worker, True)
-    ms = max(0, math.ceil(timeout_s * 1000))
-    return [by_fd[fd] for fd, _ in poller.poll(ms) if fd in by_fd]
-
-
-def _kill_all(workers: list[_Worker]) -> None:
-    for worker in workers:
-        worker.kill()
-    workers.clear()
 
 
 class WorkerPool:
@@ -197,12 +67,12 @@ class WorkerPool:
 
     def _new_process_state(self) -> None:
         self._pid = os.getpid()
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerPipe] = []
         self._start_failures = 0
         # Popen from one long-lived thread: a worker's parent-death signal (PR_SET_PDEATHSIG) fires
         # when the *thread* that started it ends, and callers' threads may be short-lived.
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="mmr1-reward-spawn")
-        self._finalizer = weakref.finalize(self, _kill_all, self._workers)  # also runs at exit
+        self._finalizer = weakref.finalize(self, kill_all, self._workers)  # also runs at exit
 
     def start(self) -> WorkerPool:
         with self._lock:
@@ -216,7 +86,7 @@ class WorkerPool:
             self._fill()
             while not all(w.ready for w in self._workers) and time.monotonic() < deadline:
                 starting = [w for w in self._workers if not w.ready]
-                for worker, _ in _poll(starting, [], deadline - time.monotonic()):
+                for worker, _ in poll_pipes(starting, [], deadline - time.monotonic()):
                     self._receive(worker, [], deque())
             return all(w.ready for w in self._workers)
 
@@ -244,7 +114,7 @@ class WorkerPool:
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> WorkerPipe:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
@@ -271,9 +141,9 @@ class WorkerPool:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        return _Worker(proc, to_child_w, from_child_r)
+        return WorkerPipe(proc, to_child_w, from_child_r)
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: WorkerPipe) -> None:
         worker.kill()
         self._workers[self._workers.index(worker)] = self._spawn()
         self.restarts += 1
@@ -316,7 +186,7 @@ class WorkerPool:
                     )
                     readers = [w for w in self._workers if w.sent or not w.ready]
                     writers = [w for w in self._workers if w.outbox]
-                    for worker, writable in _poll(readers, writers, wake - now):
+                    for worker, writable in poll_pipes(readers, writers, wake - now):
                         if worker not in self._workers:  # replaced earlier in this round
                             continue
                         if writable:
@@ -357,7 +227,7 @@ class WorkerPool:
                 self._replace(worker)
                 continue
             index = pending.popleft()
-            worker.outbox = _frame([(index, tasks[index][0], tasks[index][1])])
+            worker.outbox = frame([(index, tasks[index][0], tasks[index][1])])
             if idle:  # else the head item's clock keeps running from its predecessor's answer
                 worker.since = now
             worker.sent.append(index)
@@ -370,12 +240,12 @@ class WorkerPool:
             else:
                 self._receive(worker, results, pending)
 
-    def _requeue(self, worker: _Worker, pending: deque) -> None:
+    def _requeue(self, worker: WorkerPipe, pending: deque) -> None:
         # Items the worker had not started yet go back to the front, in order, for another worker.
         pending.extendleft(reversed(worker.sent))
         worker.sent.clear()
 
-    def _receive(self, worker: _Worker, results: list, pending: deque) -> None:
+    def _receive(self, worker: WorkerPipe, results: list, pending: deque) -> None:
         messages, eof = worker.read()
         for msg in messages:
             if msg[0] == "ready":
