@@ -188,3 +188,16 @@ def test_an_adapter_folder_loads_onto_its_base_merged(tmp_path):
     with pytest.raises(LoraSetupError, match=r"adapter_config\.json: its base model .*gone"):
         load_model(str(tmp_path / "final"), cfg.model)
 
+
+
+def test_qlora_loads_the_base_through_bitsandbytes(monkeypatch):
+    """load_model hands transformers the 4-bit config for qlora (none for lora); the weights load on a GPU only."""
+    import transformers
+
+    seen: list[dict] = []
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained",
+                        lambda path, **kwargs: seen.append(kwargs) or object())
+    load_model(TINY_PATH, compose_cfg(["model.train_type=qlora"]).model)
+    load_model(TINY_PATH, compose_cfg(["model.train_type=lora"]).model)
+    assert seen[0]["quantization_config"].load_in_4bit and seen[0]["dtype"] == torch.float32
+    assert "quantization_config" not in seen[1]
