@@ -46,3 +46,31 @@ def test_sigint_mid_step_saves_a_checkpoint_and_prints_the_resume_command(tmp_pa
     assert json.loads((run / "run_info.json").read_text())["status"] == "finished"
     assert (run / "wandb_run_id").read_text().strip() == run_id  # resume="allow" on the stored id
     assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {run_id}
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    """The first SIGINT asks for a checkpoint at the end of the step; step 3's reward sleeps 120 s, so only
+    the second SIGINT can end the run before that: at once, with no checkpoint-3 and no resume message."""
+    import time
+
+    run, sentinel = tmp_path / "run", tmp_path / "in_step_3"
+    proc = start(RECIPE, run, env={"MMR1_TEST_SLOW_FROM": "2", "MMR1_TEST_SLOW_S": "120",
+                                   "MMR1_TEST_SENTINEL": str(sentinel)})
+    wait_for(sentinel, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None  # the first one only raised the flag: the step goes on
+    proc.send_signal(signal.SIGINT)
+    second = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=100)  # well inside the 120 s the step would still take
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the second SIGINT did not stop the run")
+    assert time.monotonic() - second < 100
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert "second SIGINT: stopping now, without a checkpoint" in (run / "train.log").read_text()
+    assert "Resume with:" not in out and not (run / "checkpoint-3").exists()
+    assert (run / "checkpoint-2" / MARKER).exists()  # the last save_steps checkpoint is kept
