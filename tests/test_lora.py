@@ -201,3 +201,13 @@ def test_qlora_loads_the_base_through_bitsandbytes(monkeypatch):
     load_model(TINY_PATH, compose_cfg(["model.train_type=lora"]).model)
     assert seen[0]["quantization_config"].load_in_4bit and seen[0]["dtype"] == torch.float32
     assert "quantization_config" not in seen[1]
+
+
+def test_a_rehearsal_trains_qlora_as_lora_on_cpu():
+    from mmr1.rehearsal import apply_rehearsal
+
+    cfg = compose_cfg(["+experiment=geoqa", "+preset=rehearsal", "model.train_type=qlora", "model.lora.r=16"])
+    swaps = apply_rehearsal(cfg)
+    assert {"setting": "model.train_type", "experiment": "qlora", "rehearsal": "lora"} in swaps
+    assert cfg.model.train_type == "lora" and cfg.model.lora.r == 16
+    check_train_type(cfg.model)  # runs here: no bitsandbytes or CUDA needed any more

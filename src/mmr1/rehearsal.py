@@ -63,6 +63,8 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     swap("model.name_or_path", "tiny_qwen2_5_vl")
     swap("model.torch_dtype", "float32")
     swap("model.attn_implementation", None)
+    if cfg.model.train_type == "qlora":  # bitsandbytes' 4-bit layers need a GPU; the adapters stay the experiment's
+        swap("model.train_type", "lora")
     swap("trainer.bf16", False)
     swap("rollout.backend", "hf")
     swap("rollout.vllm_mode", None)
