@@ -4,7 +4,7 @@
     python benchmarks/checkpoint_hash.py --checkpoint RUN/checkpoint-4 --mb 2048 --dir /scratch
 
 Part 1, a file of ``--mb`` MiB in ``--dir``: MB/s of blake2b, xxh3_64 and xxh3_128 in memory, then over the
-file through mmr1's own reader (``checkpoints.chunk_digest``, parallel chunks), warm (page cache: what the
+file through mmr1's own reader (``hashes.chunk_digest``, parallel chunks), warm (page cache: what the
 marker write after Trainer's save sees) and cold (pages dropped with posix_fadvise: what a resume on a fresh
 node sees), against the named reference "reading the file once" and the size-only check.
 Part 2, the tiny model's checkpoint (a real 2-step run, or ``--checkpoint``): Trainer's save, the marker
@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mmr1.reliability import checkpoints as ck  # noqa: E402
+from mmr1.reliability import checkpoints  # noqa: E402
+from mmr1.reliability import hashes as ck  # noqa: E402
 
 ALGORITHMS = ["blake2b", "xxh3_64", "xxh3_128"]
 MB = 1e6
@@ -64,26 +65,26 @@ def best_of(fn, reps: int, before=None) -> float:
 
 def hash_file(path: Path, algorithm: str) -> None:
     size = path.stat().st_size
-    ck._digests([(path, i) for i in range(ck._n_chunks(size, ck.CHUNK_BYTES))], algorithm, ck.CHUNK_BYTES)
+    ck.chunk_digests([(path, i) for i in range(ck.n_chunks(size, ck.CHUNK_BYTES))], algorithm, ck.CHUNK_BYTES)
 
 
 def read_chunks(path: Path) -> None:
-    """mmr1's chunked parallel reader (checkpoints.chunk_digest) without the hash: the read's own cost."""
+    """mmr1's chunked parallel reader (hashes.chunk_digest) without the hash: the read's own cost."""
     def one(i: int) -> None:
-        buf = memoryview(bytearray(ck._BLOCK))
+        buf = memoryview(bytearray(ck.BLOCK))
         with open(path, "rb", buffering=0) as f:
             f.seek(i * ck.CHUNK_BYTES)
             left = ck.CHUNK_BYTES
             while left and (n := f.readinto(buf[:min(left, len(buf))])):
                 left -= n
 
-    with ThreadPoolExecutor(ck._THREADS) as pool:
-        list(pool.map(one, range(ck._n_chunks(path.stat().st_size, ck.CHUNK_BYTES))))
+    with ThreadPoolExecutor(ck.THREADS) as pool:
+        list(pool.map(one, range(ck.n_chunks(path.stat().st_size, ck.CHUNK_BYTES))))
 
 
 def part1(mb: int, where: str | None, reps: int) -> dict[str, float]:
     rates: dict[str, float] = {}
-    print(f"# part 1: throughput (MB/s, best of {reps}; {ck._THREADS} hashing thread(s), "
+    print(f"# part 1: throughput (MB/s, best of {reps}; {ck.THREADS} hashing thread(s), "
           f"{ck.CHUNK_BYTES >> 20} MiB chunks)")
     buf = os.urandom(64 << 20)
     for algo in ALGORITHMS:
@@ -98,7 +99,7 @@ def part1(mb: int, where: str | None, reps: int) -> dict[str, float]:
             os.fsync(f.fileno())
         size = path.stat().st_size / MB
         read_once(path)
-        threads = f"{ck._THREADS} threads"
+        threads = f"{ck.THREADS} threads"
         rates["warm reference: reading the file once"] = size / best_of(lambda: read_chunks(path), reps)
         rates["warm   (plain sequential read, 1 thread)"] = size / best_of(lambda: read_once(path), reps)
         for algo in ALGORITHMS:
@@ -155,7 +156,7 @@ def tiny_checkpoint(out: Path) -> tuple[Path, float, float]:
 
 
 def part2(ckpt: Path, save_s: float | None, marker_s: float | None, reps: int) -> None:
-    files = ck._files(ckpt)
+    files = checkpoints._files(ckpt)
     total = sum(files.values())
     print(f"\n# part 2: the tiny model's checkpoint {ckpt} ({len(files)} files, {total / MB:.1f} MB; "
           f"best of {reps})")
@@ -188,7 +189,7 @@ def part3(rates: dict[str, float]) -> None:
     for name, sizes in layouts.items():
         total = sum(sizes)
         sampled = sum(min(ck.CHUNK_BYTES, s - i * ck.CHUNK_BYTES) for s in sizes
-                      for i in ck._sample_chunks(ck._n_chunks(s, ck.CHUNK_BYTES)))
+                      for i in ck.sample_chunks(ck.n_chunks(s, ck.CHUNK_BYTES)))
         print(f"  {name}: {total / gib:.1f} GiB (sample reads {sampled / gib:.2f} GiB = {sampled / total:.1%})")
         print(f"    save, every byte hashed by rank 0 from the page cache: xxh3_128 {total / MB / warm:5.1f} s "
               f"({warm:.0f} MB/s measured), blake2b {total / MB / rates['warm blake2b']:5.1f} s")

@@ -24,6 +24,7 @@ from harness import assert_same_weights, cli, rows_by_step, start, wait_for, wit
 from safetensors.torch import load_file
 
 from mmr1.reliability import checkpoints as ck
+from mmr1.reliability import hashes
 from mmr1.reliability.checkpoints import (
     MARKER,
     CheckpointCallback,
@@ -62,7 +63,7 @@ def flip_byte(path: Path, offset: int) -> None:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """1 KiB chunks: a 'large' file (more than 16 chunks) is 17 KiB here instead of 256 MiB."""
-    monkeypatch.setattr(ck, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(hashes, "CHUNK_BYTES", 1024)
     return 1024
 
 
@@ -91,7 +92,7 @@ def test_same_size_corruption_is_detected_on_resume_naming_the_file(tmp_path, ca
 
 def test_sample_level_checks_small_files_whole_and_every_16th_chunk_of_large_ones(tmp_path, small_chunks):
     ckpt = make_checkpoint(tmp_path, 2, {"trainer_state.json": 40, "small.pt": 16 * 1024, "big.pt": 40 * 1024})
-    assert ck._sample_chunks(40) == [0, 16, 32, 39] and ck._sample_chunks(16) == list(range(16))
+    assert hashes.sample_chunks(40) == [0, 16, 32, 39] and hashes.sample_chunks(16) == list(range(16))
     original = {n: (ckpt / n).read_bytes() for n in ("small.pt", "big.pt")}
 
     def damaged(name: str, lo: int, hi: int) -> tuple[bool, bool]:
@@ -144,7 +145,7 @@ def test_rotation_reads_no_file_contents(tmp_path, monkeypatch):
     def no_reads(*args, **kwargs):
         raise AssertionError("rotation hashed a file")
 
-    monkeypatch.setattr(ck, "chunk_digest", no_reads)
+    monkeypatch.setattr(hashes, "chunk_digest", no_reads)
     rotate(tmp_path, 2)
     assert [s for s, _ in checkpoint_dirs(tmp_path)] == [2, 3]
 

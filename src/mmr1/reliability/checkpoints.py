@@ -8,20 +8,8 @@ other file is on disk (fsynced), listing each file with its size, the pattern to
 ``.metadata``) and verl (a tracker file written after the data) use. A folder without it, or whose
 files no longer match it (truncated, missing, altered), is never resumed from.
 
-Content hashes (marker field ``hashes``): one xxh3_128 digest per 16 MiB chunk of every file (blake2b
-when xxhash is missing), computed by rank 0 right after Trainer's save, while the files are still in
-the page cache (Trainer and safetensors write the files themselves: hashing during the write would
-mean patching their writers). Resume re-reads what ``MMR1_CHECKPOINT_VERIFY`` says:
-
-- ``sample`` (default): every file's size; every chunk of each file up to 256 MiB (config, trainer
-  state, RNG, scheduler, GRPO buffer, and the whole tiny model); of larger files the first, the last and
-  every 16th chunk (~1/16 of their bytes). It detects any same-size change in a small file, and in a
-  large one a change inside a sampled chunk, hence every damaged range longer than 240 MiB (zeroed
-  extents after a crash, a copy cut short into a preallocated file, a file swapped for another of the
-  same size) and any damage to a file's first or last 16 MiB (safetensors header, torch zip directory).
-  A single flipped bit in the middle of a large file is found with probability ~1/16 only.
-- ``full``: every chunk of every file (a 3B checkpoint: ~31 GB read per rank).
-- ``sizes``: the size check alone (what earlier markers, without ``hashes``, always get).
+Content hashes (marker field ``hashes``, mmr1.reliability.hashes): resume re-reads what
+``MMR1_CHECKPOINT_VERIFY`` says (sizes | sample, the default | full; that module says what each detects).
 
 Rotation checks sizes only (it runs after every save, over every kept checkpoint).
 
@@ -38,7 +26,6 @@ collapse guard needs the newest checkpoint from before a suspect streak.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -46,25 +33,21 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from mmr1.reliability.hashes import hash_files, verify_content
+
 log = logging.getLogger("mmr1.reliability")
 
 MARKER = "mmr1_complete.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-# Content hashes: one digest per chunk (a file's digest list); "sample" reads the chunks _sample_chunks picks.
-CHUNK_BYTES = 16 << 20
-SAMPLE_STRIDE = 16  # files of up to 16 chunks (256 MiB) are read whole; larger ones every 16th chunk + the last
 VERIFY_ENV = "MMR1_CHECKPOINT_VERIFY"
 VERIFY_LEVELS = ("sizes", "sample", "full")
 DEFAULT_VERIFY = "sample"
-_BLOCK = 1 << 20  # read size
-_THREADS = max(1, min(8, os.cpu_count() or 1))  # hashlib and xxhash (>= 3) release the GIL
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
             "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -108,83 +91,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- content hashes -------------------------------------------------------------------------------
-
-def hash_algorithm() -> str:
-    """What new markers record: xxh3_128 (~9 GB/s a core, benchmarks/checkpoint_hash.py), else blake2b."""
-    try:
-        import xxhash  # noqa: F401 - a dependency of datasets; xxhash >= 3 releases the GIL
-    except ImportError:  # pragma: no cover - present wherever datasets is
-        return "blake2b"
-    return "xxh3_128"
-
-
-def new_hasher(algorithm: str) -> Any:
-    if algorithm == "xxh3_128":
-        import xxhash
-
-        return xxhash.xxh3_128()
-    if algorithm == "xxh3_64":
-        import xxhash
-
-        return xxhash.xxh3_64()
-    if algorithm == "blake2b":
-        return hashlib.blake2b(digest_size=16)
-    raise ValueError(f"unknown checkpoint hash algorithm {algorithm!r}")
-
-
-def _can_hash(algorithm: str) -> bool:
-    try:
-        new_hasher(algorithm)
-    except (ImportError, ValueError):
-        return False
-    return True
-
-
-def chunk_digest(path: Path, index: int, algorithm: str, chunk_bytes: int) -> str:
-    """Digest of bytes ``[index * chunk_bytes, (index + 1) * chunk_bytes)`` of ``path``."""
-    h = new_hasher(algorithm)
-    buf = memoryview(bytearray(min(_BLOCK, chunk_bytes)))
-    with open(path, "rb", buffering=0) as f:
-        f.seek(index * chunk_bytes)
-        left = chunk_bytes
-        while left:
-            n = f.readinto(buf[:min(left, len(buf))])
-            if not n:
-                break
-            h.update(buf[:n])
-            left -= n
-    return h.hexdigest()
-
-
-def _n_chunks(size: int, chunk_bytes: int) -> int:
-    return max(1, -(-size // chunk_bytes))  # an empty file has one (empty) chunk
-
-
-def _sample_chunks(n: int) -> list[int]:
-    """Chunks ``sample`` reads of a file of ``n`` chunks: all of a small file, else every 16th + the last."""
-    if n <= SAMPLE_STRIDE:
-        return list(range(n))
-    return sorted(set(range(0, n, SAMPLE_STRIDE)) | {n - 1})
-
-
-def _digests(jobs: list[tuple[Path, int]], algorithm: str, chunk_bytes: int) -> list[str]:
-    if len(jobs) <= 1 or _THREADS == 1:
-        return [chunk_digest(p, i, algorithm, chunk_bytes) for p, i in jobs]
-    with ThreadPoolExecutor(_THREADS, thread_name_prefix="mmr1-hash") as pool:
-        return list(pool.map(lambda job: chunk_digest(job[0], job[1], algorithm, chunk_bytes), jobs))
-
-
-def hash_files(ckpt: Path, files: dict[str, int], algorithm: str | None = None,
-               chunk_bytes: int | None = None) -> dict[str, Any]:
-    """The marker's ``hashes`` field: every chunk of every file (chunks hashed in parallel threads)."""
-    algorithm, chunk_bytes = algorithm or hash_algorithm(), chunk_bytes or CHUNK_BYTES
-    jobs = [(ckpt / rel, i) for rel, size in files.items() for i in range(_n_chunks(size, chunk_bytes))]
-    found = iter(_digests(jobs, algorithm, chunk_bytes))
-    digests = {rel: [next(found) for _ in range(_n_chunks(size, chunk_bytes))] for rel, size in files.items()}
-    return {"algorithm": algorithm, "chunk_bytes": chunk_bytes, "files": digests}
 
 
 def verify_level(level: str | None = None) -> str:
@@ -271,44 +177,10 @@ def verify(ckpt: str | Path, *, require_marker: bool = True, level: str | None =
             return Verdict(ckpt, step, False, f"{p} has {actual} bytes, {size} were written (truncated or altered)")
     step = int(marker.get("step", step))
     if level != "sizes":
-        problem = _verify_content(ckpt, files, marker.get("hashes"), level)
+        problem = verify_content(ckpt, files, marker.get("hashes"), level)
         if problem:
             return Verdict(ckpt, step, False, problem)
     return Verdict(ckpt, step, True)
-
-
-def _verify_content(ckpt: Path, files: dict[str, int], hashes: dict | None, level: str) -> str:
-    """The first chunk whose digest differs from the marker's, as a problem line ("" when all match)."""
-    if not hashes:
-        log.warning("%s: its %s has no content hashes (written by an earlier mmr1): checked file sizes only",
-                    ckpt, MARKER)
-        return ""
-    algorithm, chunk_bytes = hashes.get("algorithm", ""), int(hashes.get("chunk_bytes", CHUNK_BYTES))
-    if not _can_hash(algorithm):
-        log.warning("%s: content hashes are %s, which this environment cannot compute (pip install xxhash): "
-                    "checked file sizes only", ckpt, algorithm)
-        return ""
-    recorded = hashes.get("files", {})
-    jobs = []
-    for rel in files:
-        digests = recorded.get(rel) or []
-        picks = range(len(digests)) if level == "full" else _sample_chunks(len(digests))
-        jobs += [(rel, i) for i in picks]
-    started = time.perf_counter()
-    try:
-        found = _digests([(ckpt / rel, i) for rel, i in jobs], algorithm, chunk_bytes)
-    except OSError as err:
-        return f"{ckpt}: a file cannot be read back ({err})"
-    read = sum(min(chunk_bytes, files[rel] - i * chunk_bytes) for rel, i in jobs)
-    took = time.perf_counter() - started
-    log.info("%s: %s check (%s) read %.1f of %.1f MB in %.2f s", ckpt.name, algorithm, level, read / 1e6,
-             sum(files.values()) / 1e6, took)
-    for (rel, i), digest in zip(jobs, found):
-        if digest != recorded[rel][i]:
-            lo, hi = i * chunk_bytes, min((i + 1) * chunk_bytes, files[rel])
-            return (f"{ckpt / rel} has the size that was written but not the content (bytes {lo}-{hi}: {algorithm} "
-                    f"{digest}, {recorded[rel][i]} was written): altered or damaged after the save")
-    return ""
 
 
 def _verify_legacy(ckpt: Path, step: int) -> Verdict:
