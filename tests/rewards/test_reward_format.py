@@ -44,3 +44,32 @@ def test_format_batch_and_trl_kwargs():
         solution=["x"] * len(texts),
     )
     assert out == [e for _, e in CASES]
+
+
+# ms-swift v3.2.1's Format reward, verbatim (swift/plugin/orm.py:281-287 at tag v3.2.1): the seed's
+# `--reward_funcs format`. Kept here as upstream wrote it, so that a change on either side shows.
+def ms_swift_v3_2_1_format(completions, **kwargs):
+    import re
+
+    pattern = r'^<think>.*?</think>\s*<answer>.*?</answer>(?![\s\S])'  # noqa: Q000 - verbatim
+    matches = [re.match(pattern, content, re.DOTALL | re.MULTILINE) for content in completions]
+    return [1.0 if match else 0.0 for match in matches]
+
+
+def test_format_equals_ms_swift_v3_2_1_on_every_case_and_their_variants():
+    import random
+
+    rng = random.Random(0)
+    parts = ["<think>", "</think>", "<answer>", "</answer>", "a", "3", " ", "\n", "\t", "x y", ""]
+
+    def bit() -> str:
+        return "".join(rng.choice(parts) for _ in range(rng.randint(0, 3)))
+
+    # The format's skeleton with noise in every gap (inside the spans, between, before and after them).
+    texts = [t for t, _ in CASES] + [
+        f"{rng.choice(['', bit()])}<think>{bit()}</think>{rng.choice(['', ' ', chr(10), bit()])}<answer>{bit()}"
+        f"</answer>{rng.choice(['', '', bit()])}" for _ in range(2000)]
+    texts += [t + tail for t in texts[:len(CASES)] for tail in ("\n", " ", "\r", "\u2028", "</answer>")]
+    assert sum(ms_swift_v3_2_1_format(texts)) > 50  # the variants do hit the format, not only misses
+    assert get("format")(texts) == ms_swift_v3_2_1_format(texts)
+    assert [e for _, e in CASES] == ms_swift_v3_2_1_format([t for t, _ in CASES])  # the cases are upstream's
