@@ -30,6 +30,8 @@ def _dataset_problems(dataset_cfg: Any) -> list[Exception]:
     from mmr1.data.config import Source
 
     cfg = to_config(dataset_cfg)
+    if cfg.tasks:  # a mixture (mmr1.data.mixture): what each task's build would fail on
+        return [p for task in cfg.tasks.values() for p in _dataset_problems(task)]
     problems: list[Exception] = []
     if cfg.source == Source.local:
         # The same checks and messages as mmr1.data.sources.load_local.

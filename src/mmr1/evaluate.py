@@ -1,6 +1,7 @@
 """Evaluate: ``python -m mmr1.evaluate [+experiment=NAME] [eval.checkpoint=PATH] [key=value ...]``.
 
-Greedy accuracy (and, with ``eval.num_samples=n``, sampled pass@k) of a model on a task's held-out split,
+Greedy accuracy (and, with ``eval.num_samples=n``, sampled pass@k) of a model on a task's held-out split
+(a task mixture's: each task's too, under ``tasks``),
 scored by the same reward functions training uses (``reward.funcs``, sandboxed), written to ``eval.json``
 with per-sample records. The config is the training config (same overrides, same data seed, so the same
 held-out rows) plus the ``eval`` node below (conf/evaluate.yaml).
@@ -169,9 +170,16 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         if not greedy:  # headline numbers from the samples
             result.update({k: stats[k] for k in ("accuracy", "format_rate", "mean_length", "truncated_rate")},
                           mode=f"sampled (n={n})")
+    tasks = [r.get("task") for r in rows]
+    if any(t is not None for t in tasks):  # a task mixture (mmr1.data.mixture): the headline numbers per task
+        per_row = [[c[0]] for c in greedy] if greedy else sampled
+        result["tasks"] = {t: {"rows": tasks.count(t), **summarize(
+            [c for cs, rt in zip(per_row, tasks, strict=True) if rt == t for c in cs], acc, fmt, names)}
+            for t in dict.fromkeys(tasks)}
     result["wall_time_s"] = round(time.time() - started, 1)
     result["records"] = [
-        {"index": i, "problem": r.get("problem"), "solution": r.get("solution"),
+        {"index": i, **({"task": r["task"]} if "task" in r else {}), "problem": r.get("problem"),
+         "solution": r.get("solution"),
          "image_id": r.get("image_id", r.get("image_ids")),  # image_ids: a row with several images
          **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
         for i, r in enumerate(rows)]
@@ -184,6 +192,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     log.info("eval: %s", {k: v for k, v in result.items() if k != "records"})
     print(f"accuracy={result['accuracy']:.3f} format_rate={result.get('format_rate')} "
           f"mean_length={result['mean_length']:.1f} rows={len(rows)} -> {out_path}")
+    for task, stats in result.get("tasks", {}).items():
+        print(f"  {task}: accuracy={stats['accuracy']:.3f} rows={stats['rows']}")
     return result
 
 

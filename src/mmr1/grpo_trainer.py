@@ -8,6 +8,9 @@ each completion at ``context - len(prompt)`` after generation, the same rule for
 ``vllm_colocate`` (where vLLM has usually stopped there already) and ``hf`` (where transformers generate
 has not), so a rehearsal on CPU trains on the completions the GPU run would.
 
+A task mixture's rows carry ``task``: each reward's mean is also logged per task,
+``rewards/<reward>/<task>/mean`` (mmr1.tracking.per_task).
+
 ``dynamic_sampling=True`` (``trainer.dynamic_sampling``) hooks ``_generate_and_score_completions``: groups
 whose rewards all agree are dropped and refilled with fresh prompts (mmr1.dynamic_sampling).
 """
@@ -20,6 +23,7 @@ import torch
 from trl import GRPOTrainer
 
 from mmr1.dynamic_sampling import refill_indices, sample_batch
+from mmr1.tracking.per_task import per_task_means
 
 IMAGE_MARK = "<image>"
 
@@ -83,6 +87,15 @@ class Mmr1GRPOTrainer(GRPOTrainer):
     # Same signature as TRL 1.16's (pinned by tests/test_grpo_trainer.py): the rewards gathered from every rank.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if inputs and "task" in inputs[0]:  # a task mixture (mmr1.data.mixture): each reward's mean per task
+            from accelerate.utils import gather_object
+
+            # TRL returns the rewards gathered from every rank in rank order; the task labels gather alike.
+            tasks = gather_object([x["task"] for x in inputs])
+            mode = "train" if self.model.training else "eval"
+            means = per_task_means(self._last_rewards_per_func.tolist(), tasks, self.reward_func_names)
+            for key, value in means.items():
+                self._metrics[mode][key].append(value)
         return self._last_rewards_per_func
 
     # Same signature as TRL 1.16's (pinned by tests/test_grpo_trainer.py); _prepare_inputs calls it once per

@@ -15,7 +15,8 @@ written to ``rehearsal.json``:
   the same number of micro-batch losses of the same size (the seed's per-device bnpo normalisation);
 - steps: ``rehearsal.max_steps`` optimizer steps, evaluating (one eval batch) and saving once at the end;
 - data: a hub source becomes the task's offline stand-in (same columns and solution format); a
-  ``dataset.source=local`` copy of the hub files is used as it is.
+  ``dataset.source=local`` copy of the hub files is used as it is. A mixture: the same per task, the mixed
+  set cut to the steps' rows (``dataset.limit``), the eval batch split across the tasks.
 
 Everything else (rewards, prompts, loss, beta, epsilon, scale_rewards, num_iterations, lengths, sampling,
 dataloader workers, logging) is the experiment's.
@@ -89,10 +90,21 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     prompts_per_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps // t.num_generations
     train_rows = prompts_per_batch * math.ceil(steps / t.num_iterations)
     eval_rows = t.per_device_eval_batch_size // (t.num_generations_eval or t.num_generations) if evaluates else 0
-    if _get(cfg, "dataset.source") in HUB_SOURCES:
-        swap("dataset.source", "synthetic")
-        swap("dataset.num_samples", train_rows)
-    swap("dataset.eval_size", eval_rows)
+    tasks = list(cfg.dataset.tasks or ())
+    if tasks:
+        # A mixture (mmr1.data.mixture): the mixed set is cut to the rows the steps need, each task's share of
+        # them from its stand-in, and the eval batch is split across the tasks' own held-out rows.
+        swap("dataset.limit", train_rows)
+        for task in tasks:
+            if _get(cfg, f"dataset.tasks.{task}.source") in HUB_SOURCES:
+                swap(f"dataset.tasks.{task}.source", "synthetic")
+                swap(f"dataset.tasks.{task}.num_samples", train_rows)
+            swap(f"dataset.tasks.{task}.eval_size", math.ceil(eval_rows / len(tasks)))
+    else:
+        if _get(cfg, "dataset.source") in HUB_SOURCES:
+            swap("dataset.source", "synthetic")
+            swap("dataset.num_samples", train_rows)
+        swap("dataset.eval_size", eval_rows)
     cfg.rehearsal.swaps = swaps
     cfg.rehearsal.applied = True
     return swaps

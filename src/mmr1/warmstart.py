@@ -48,6 +48,7 @@ def _recipe(cfg: DictConfig, base_path: str, limits) -> dict[str, Any]:
         "base": base.read_text() if base.exists() else base_path,
         "warmstart": OmegaConf.to_container(cfg.model.warmstart, resolve=True),
         "task": {k: dataset.get(k) for k in ("name", "generator", "image_size", "query_suffix", "system_prompt")},
+        **({"tasks": dataset["tasks"]} if dataset.get("tasks") else {}),  # a mixture: its tasks and weights
         "pixels": [limits.min_pixels, limits.max_pixels],
     }
 
@@ -69,6 +70,19 @@ def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
     return str(out)
 
 
+def warmstart_data_cfg(dataset: DictConfig, ws: Any) -> Any:
+    """The task's offline stand-in, ``ws.num_samples`` SFT rows and ``ws.gate_samples`` held out for the gate;
+    a mixture (mmr1.data.mixture): each task's stand-in, the SFT rows by weight, the gate's split across tasks."""
+    tasks = list(dataset.get("tasks") or ())
+    if not tasks:
+        return OmegaConf.merge(dataset, {"source": "synthetic", "num_samples": ws.num_samples + ws.gate_samples,
+                                         "eval_size": ws.gate_samples, "limit": None, "seed": ws.seed})
+    per_task = {"source": "synthetic", "num_samples": ws.num_samples, "limit": None,
+                "eval_size": -(-ws.gate_samples // len(tasks))}
+    return OmegaConf.merge(dataset, {"limit": ws.num_samples, "eval_size": ws.gate_samples, "seed": ws.seed,
+                                     "tasks": {t: per_task for t in tasks}})
+
+
 def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path) -> dict[str, Any]:
     import datasets
     import torch
@@ -79,8 +93,7 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     from mmr1.tracking.quiet import weight_bars_off
 
     ws = cfg.model.warmstart
-    ds_cfg = OmegaConf.merge(cfg.dataset, {"source": "synthetic", "num_samples": ws.num_samples + ws.gate_samples,
-                                           "eval_size": ws.gate_samples, "limit": None, "seed": ws.seed})
+    ds_cfg = warmstart_data_cfg(cfg.dataset, ws)
     data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
     # `image` or `images` (several per prompt, mmr1.data.build): TRL's SFTTrainer reads both.
     pics = [k for k in ("image", "images") if k in data.train.column_names]

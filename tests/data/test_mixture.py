@@ -122,3 +122,24 @@ def test_preflight_checks_every_task_and_names_the_task(mix, tiny_processor):
     assert report.longest_prompt > 0
     with pytest.raises(ValueError, match=r"dataset 'synthetic_mix/synthetic_\w+' train row"):
         preflight(tiny_processor, mix, max_length=20, context=None, max_completion_length=16)
+
+
+def test_warm_start_and_dry_run_see_every_task():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mmr1.checks import _dataset_problems
+    from mmr1.warmstart import warmstart_data_cfg
+    from testkit import compose_cfg
+
+    hub = compose_cfg(["dataset=r1v_mix"]).dataset
+    # The warm-start's SFT rows and gate come from each hub task's stand-in, by weight.
+    ws = SimpleNamespace(num_samples=6, gate_samples=3, seed=0)
+    bundle = build_datasets(warmstart_data_cfg(hub, ws), seed=0, **LIMITS)
+    assert Counter(bundle.train["task"]) == {"clevr_count": 2, "geoqa": 2, "openr1_mm": 2}
+    assert Counter(bundle.eval["task"]) == {"clevr_count": 1, "geoqa": 1, "openr1_mm": 1}
+    # The dry run checks each task as its build would: a task's missing local copy is named.
+    local = OmegaConf.merge(hub, {"tasks": {"geoqa": {"source": "local", "path": "/nonexistent/geoqa.parquet"}}})
+    (problem,) = _dataset_problems(local)
+    assert "'geoqa'" in str(problem) and "/nonexistent/geoqa.parquet" in str(problem)
