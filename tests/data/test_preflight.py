@@ -61,13 +61,30 @@ def test_skip_drops_and_counts_the_long_rows(tmp_path, tiny_processor):
     assert bundle.stats["long_prompts_skipped"] == {"train": 1}
 
 
-def test_max_length_counts_text_and_the_rows_own_image():
+def test_max_length_counts_text_and_the_rows_own_image(tiny_processor):
+    from mmr1.models.generation import row_images
+
+    cfg = task_cfg("geoqa", source="synthetic", num_samples=6, eval_size=2)
+    bundle = build_datasets(cfg, min_pixels=3136, max_pixels=401408, seed=0)
+    report = preflight(tiny_processor, bundle, max_length=None, context=None, max_completion_length=1024)
+    # The stand-in's 168x168 figures are 6 x 6 blocks: 36 tokens, not 401408 // 784 = 512.
+    assert report.longest_image == 36
+    # Against an independent count: the ids the processor itself gives each rendered prompt with its image
+    # (the image placeholder expanded to its tokens), as the trainer will see them.
+    lengths = []
+    for split in (bundle.train, bundle.eval):
+        for row in split:
+            text = tiny_processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+            lengths.append(len(tiny_processor(text=[text], images=row_images(row))["input_ids"][0]))
+    assert report.longest_prompt == max(lengths) == report.longest_text + report.longest_image
+    limit = report.longest_prompt - 1
+    with pytest.raises(ValueError, match=f"exceeds trainer.max_length \\(at most {limit} prompt tokens"):
+        preflight(tiny_processor, bundle, max_length=limit, context=None, max_completion_length=1024)
+
+
+def test_a_bare_tokenizer_counts_words_plus_the_image():
+    """The path without a chat template (a plain tokenizer as processing class) still counts the image."""
     cfg = task_cfg("geoqa", source="synthetic", num_samples=6, eval_size=2)
     bundle = build_datasets(cfg, min_pixels=3136, max_pixels=401408, seed=0)
     report = preflight(WordTokenizer(), bundle, max_length=None, context=None, max_completion_length=1024)
-    # The stand-in's 168x168 figures are 6 x 6 blocks: 36 tokens, not 401408 // 784 = 512.
-    assert report.longest_image == 36
-    assert report.longest_text > len(bundle.system_prompt.split())
-    limit = report.longest_prompt - 1
-    with pytest.raises(ValueError, match=f"exceeds trainer.max_length \\(at most {limit} prompt tokens"):
-        preflight(WordTokenizer(), bundle, max_length=limit, context=None, max_completion_length=1024)
+    assert report.longest_image == 36 and report.longest_text > len(bundle.system_prompt.split())
