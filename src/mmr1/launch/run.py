@@ -94,7 +94,7 @@ def _prepare_model(cfg: DictConfig) -> str | None:
 
 
 def _final_metrics(run_dir: Path) -> dict[str, Any]:
-    from mmr1.tracking.metrics import read_metrics
+    from mmr1.tracking.jsonl import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     return rows[-1] if rows else {}

@@ -29,6 +29,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mmr1.reliability.config import GuardAction, GuardConfig, as_guard_config
+from mmr1.tracking.jsonl import read_metrics
 
 log = logging.getLogger("mmr1.reliability")
 
@@ -123,8 +124,6 @@ class CollapseDetector:
 
 
 def read_events(run_dir: str | Path) -> list[dict]:
-    from mmr1.tracking.metrics import read_metrics  # the same torn-line-tolerant JSONL reader
-
     return read_metrics(Path(run_dir) / EVENTS_FILE)
 
 
@@ -160,8 +159,6 @@ class GuardCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # The running means continue across a resume: rebuilt from the rows the resumed run keeps.
-        from mmr1.tracking.metrics import read_metrics
-
         self.detector = CollapseDetector(self.cfg)
         self.pending = None
         for row in read_metrics(self.run_dir / "metrics.jsonl"):
@@ -192,8 +189,6 @@ class GuardCallback(TrainerCallback):
 
 def replay(paths: list[str], cfg: GuardConfig) -> dict[str, list[Trip]]:
     """What the guard would have done on each metrics.jsonl."""
-    from mmr1.tracking.metrics import read_metrics
-
     out = {}
     for p in paths:
         det = CollapseDetector(cfg)

@@ -17,21 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mmr1.run_dir import RUN_INFO, read_run_info, write_run_info
+from mmr1.tracking.jsonl import read_metrics
 
 GUARD_EVENTS = "guard_events.jsonl"
 # A run without run_info.json is running, unless nothing in it changed for this long: a killed process
 # (kill -9, node lost) writes no end record, and calling it "running" forever would hide that.
 STALE_AFTER_S = 3600.0
 _PROGRESS_FILES = ("metrics.jsonl", "eval_metrics.jsonl", "train.log", "config.yaml", ".hydra/config.yaml")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    # Imported here, not at module level: mmr1.tracking.metrics imports transformers (and so torch), and
-    # this package is imported by the Hydra callback before any job -- torch loaded that early would
-    # ignore a job's hydra.job.env_set (OMP_NUM_THREADS).
-    from mmr1.tracking.metrics import read_metrics as _read
-
-    return _read(path)
 
 
 def first_error_line(err: BaseException) -> str:

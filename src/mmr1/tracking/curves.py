@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmr1.tracking.metrics import read_metrics
+from mmr1.tracking.jsonl import read_metrics
 from mmr1.tracking.series import WINDOW, reward_names, rolling, series
 
 # (panel key, title). The order is the grid's, row by row.

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from mmr1.tracking.jsonl import jsonable, read_metrics
+
 # Logged once at the end of `Trainer.train` (train_runtime, train_loss, ...): a summary, not a step.
 _SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan"/"inf" stay visible; JSON has no literal for them
-    if hasattr(value, "item"):
-        return _jsonable(value.item())
-    return value
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line (killed mid-write) is ignored."""
-    rows: list[dict] = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    for line in p.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 class MetricsJsonlCallback(TrainerCallback):
@@ -70,9 +49,9 @@ class MetricsJsonlCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         if _SUMMARY_KEYS & logs.keys():
-            self.summary = {k: _jsonable(v) for k, v in logs.items()}
+            self.summary = {k: jsonable(v) for k, v in logs.items()}
             return
-        row = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
+        row = {"step": state.global_step, **{k: jsonable(v) for k, v in logs.items()}}
         is_eval = any(k.startswith("eval_") for k in logs)
         if not is_eval and self.extra:
             row.update(self.extra)

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mmr1.tracking.metrics import read_metrics
+from mmr1.tracking.jsonl import read_metrics
 from mmr1.tracking.series import WINDOW, reward_names, series
 
 GUARD_EVENTS = "guard_events.jsonl"  # mmr1.reliability.guard.EVENTS_FILE
