@@ -150,7 +150,8 @@ def test_trls_vllm_sync_sends_merged_weights_under_the_base_names():
     merged = merged.merge_and_unload()
     expected = dict(merged.named_parameters())
     assert set(sent) == set(expected)
-    changed = [n for n in sent if not torch.equal(sent[n], dict(_tiny().named_parameters())[n])]
+    base = dict(_tiny().named_parameters())
+    changed = [n for n in sent if not torch.equal(sent[n], base[n])]
     assert changed and all("language_model" in n for n in changed)
     for name, tensor in sent.items():
         torch.testing.assert_close(tensor, expected[name])
