@@ -168,11 +168,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _print_summary(cfg: DictConfig, grpo_kwargs: dict, limits, run_dir: Path, world_size: int | None = None) -> None:
+    from mmr1.data.mixture import describe_source
+
     keys = ["learning_rate", "beta", "loss_type", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_completion_length", "num_iterations", "max_grad_norm",
             "temperature", "repetition_penalty", "use_vllm", "vllm_mode"]
     print(f"mmr1 dry run: model={cfg.model.name_or_path} dataset={cfg.dataset.name} "
-          f"(source={container(cfg.dataset, enum_to_str=True)['source']}) "
+          f"(source={describe_source(container(cfg.dataset, enum_to_str=True))}) "
           f"rewards={list(cfg.reward.funcs)} rollout={cfg.rollout.backend}"
           f"{'/' + cfg.rollout.vllm_mode if cfg.rollout.vllm_mode else ''} "
           f"deepspeed={'zero' + str(cfg.deepspeed.stage) if cfg.deepspeed.enabled else 'off'}")

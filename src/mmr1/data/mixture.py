@@ -139,3 +139,21 @@ def build_mixture(cfg: DatasetConfig, *, min_pixels: int | None, max_pixels: int
     return DataBundle(_to_dataset(train, cache), _to_dataset(evals, cache) if evals else None, stats,
                       first.limits, first.system_prompt, first.resizer, cache)
 
+
+
+def describe_source(dataset: Any) -> str:
+    """Where a dataset node's rows come from, for the dry run: its source, or each task's source and weight.
+
+    >>> describe_source({"source": "hf", "tasks": {}})
+    'hf'
+    >>> describe_source({"source": "synthetic", "tasks": {"a": {"source": "hf", "weight": 2.0}}})
+    'mixture of a (hf, weight 2.0)'
+    """
+    def source(node: Any) -> str:
+        value = node["source"]
+        return str(getattr(value, "value", value))
+
+    tasks = dataset.get("tasks") or {}
+    if not tasks:
+        return source(dataset)
+    return "mixture of " + ", ".join(f"{name} ({source(t)}, weight {t['weight']})" for name, t in tasks.items())
