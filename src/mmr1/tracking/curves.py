@@ -1,7 +1,8 @@
 """``curves.png``: what a run did, step by step, drawn to be read at the size it is written.
 
 Six panels: the total reward; each reward's mean (accuracy and format) with the in-training
-evaluation's points and the warm-start's gate accuracy as the starting reference; KL (or a note saying
+evaluation's points and the warm-start's gate accuracy as the starting reference (a task mixture: the
+accuracy on each task too, dashed); KL (or a note saying
 why there is none: ``beta=0`` computes no KL); grad norm; completion length against the cap; and the
 share of completions clipped at the cap, the reward-hacking signal seen on the tiny model (it learns to
 fill the cap with tags the format regex still accepts). Every series is drawn raw (thin) with its
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mmr1.tracking.jsonl import read_metrics
+from mmr1.tracking.per_task import parse_key, reward_key
 from mmr1.tracking.series import WINDOW, reward_names, rolling, series
 
 # (panel key, title). The order is the grid's, row by row.
@@ -133,11 +135,9 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
     # Each reward's mean: accuracy first, then format, then any other.
     ax = axes["rewards"]
     acc, fmt = reward_names(rows + eval_rows)
-    names = sorted({k[len("rewards/"):-len("/mean")] for r in rows for k in r
-                    if k.startswith("rewards/") and k.endswith("/mean")}
-                   | {k[len("eval_rewards/"):-len("/mean")] for r in eval_rows for k in r
-                      if k.startswith("eval_rewards/") and k.endswith("/mean")},
-                   key=lambda n: (n != acc, n != fmt, n))
+    parsed = {p for r in rows for k in r if (p := parse_key(k))} | {
+        p for r in eval_rows for k in r if (p := parse_key(k, "eval_rewards/"))}
+    names = sorted({name for name, task in parsed if task is None}, key=lambda n: (n != acc, n != fmt, n))
     for i, name in enumerate(names):
         color = f"C{i + 1}"
         xs, ys = series(rows, f"rewards/{name}/mean")
@@ -145,6 +145,15 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
         if xs:
             _draw_series(ax, xs, ys, label, color)
         ex, ey = series(eval_rows, f"eval_rewards/{name}/mean")
+        if ex:
+            _draw_eval(ax, ex, ey, label, color)
+    # A task mixture (mmr1.tracking.per_task): the accuracy's rolling mean on each task, dashed, with its eval dots.
+    for i, task in enumerate(sorted({task for name, task in parsed if task is not None and name == acc})):
+        color, label = f"C{len(names) + i + 1}", f"{task} (accuracy)"
+        xs, ys = series(rows, reward_key(str(acc), task))
+        if xs:
+            ax.plot(xs, rolling(ys, WINDOW), color=color, label=label, gid="task", lw=1.3, ls="--")
+        ex, ey = series(eval_rows, "eval_" + reward_key(str(acc), task))
         if ex:
             _draw_eval(ax, ex, ey, label, color)
     if warmstart_gate is not None:

@@ -18,6 +18,21 @@ def reward_key(reward: str, task: str) -> str:
     return f"rewards/{reward}/{task}/mean"
 
 
+def parse_key(key: str, prefix: str = "rewards/") -> tuple[str, str | None] | None:
+    """(reward, task) of ``<prefix><reward>/<task>/mean``, (reward, None) of TRL's ``<prefix><reward>/mean``,
+    None for any other key: readers of TRL's per-reward means must not take a task's for the reward's.
+
+    >>> parse_key("rewards/format/mean"), parse_key("rewards/format/geoqa/mean"), parse_key("rewards/format/std")
+    (('format', None), ('format', 'geoqa'), None)
+    """
+    if not (key.startswith(prefix) and key.endswith("/mean")):
+        return None
+    parts = key[len(prefix):-len("/mean")].split("/")
+    if len(parts) == 1:
+        return parts[0], None
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
 def per_task_means(rewards: Sequence[Sequence[float]], tasks: Sequence[str],
                    names: Sequence[str]) -> dict[str, float]:
     """``{rewards/<name>/<task>/mean: mean}`` of ``rewards[i][j]`` (row i, reward j) grouped by ``tasks[i]``.

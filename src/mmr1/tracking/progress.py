@@ -14,6 +14,8 @@ import sys
 from tqdm.auto import tqdm
 from transformers import ProgressCallback
 
+from mmr1.tracking.per_task import parse_key
+
 # Postfix fields: (short name, metrics key or a predicate picking one). Short, so the bar fits 100 columns.
 _POSTFIX = [("reward", "reward"), ("kl", "kl"), ("len", "completions/mean_length")]
 
@@ -28,9 +30,10 @@ def reward_postfix(logs: dict, prefix: str = "") -> dict[str, str]:
     for short, key in _POSTFIX[:1]:
         if prefix + key in logs:
             out[short] = _fmt(logs[prefix + key])
-    for k, v in logs.items():  # per-reward means: rewards/<name>/mean
-        if k.startswith(prefix + "rewards/") and k.endswith("/mean"):
-            name = k[len(prefix + "rewards/"):-len("/mean")]
+    for k, v in logs.items():  # per-reward means: rewards/<name>/mean (a mixture's per-task means left out)
+        parsed = parse_key(k, prefix + "rewards/")
+        if parsed is not None and parsed[1] is None:
+            name = parsed[0]
             out["acc" if "acc" in name.lower() else name] = _fmt(v)
     for short, key in _POSTFIX[1:]:
         if prefix + key in logs:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmr1.tracking.per_task import parse_key
+
 WINDOW = 10  # steps of the rolling means drawn over raw values (curves.png, sweep overlays, summaries)
 
 
@@ -48,10 +50,10 @@ def reward_names(rows: list[dict]) -> tuple[str | None, str | None]:
     names = []
     for r in rows:
         for k in r:
-            if k.startswith("rewards/") and k.endswith("/mean"):
-                name = k[len("rewards/"):-len("/mean")]
-                if name not in names:
-                    names.append(name)
+            parsed = parse_key(k)
+            if parsed is not None and parsed[1] is None:  # not a task's mean (mmr1.tracking.per_task)
+                if parsed[0] not in names:
+                    names.append(parsed[0])
     fmt = "format" if "format" in names else None
     others = [n for n in names if n != fmt]
     acc = next((n for n in others if "acc" in n.lower()), others[0] if others else None)
