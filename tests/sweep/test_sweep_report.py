@@ -162,3 +162,29 @@ def test_collapse_verdict_uses_the_runs_own_guard_settings(tmp_path):
     assert collapse_verdict(read_run(run)) == "no"
     (run / "config.yaml").write_text("guard:\n  patience: 2\n")
     assert "guard trip at step 22 " in collapse_verdict(read_run(run))
+
+
+def test_a_mixtures_runs_get_per_task_columns(tmp_path):
+    # Issue 14 part 2: each task's final accuracy reward and evaluation accuracy, beside a single-task run.
+    sweep = tmp_path / "sweep"
+    n = WINDOW + 2
+    geo = [0.1 * (i % 4) for i in range(n)]
+    rows = metric_rows([0.5] * n, **{"rewards/external_r1v_acc/geoqa/mean": geo,
+                                     "rewards/external_r1v_acc/clevr_count/mean": [0.9] * n})
+    make_run(sweep, "0_mix", ["trainer.beta=0"], rows, info={"status": "finished", "steps": n},
+             eval_metrics__jsonl=[{"step": n, "eval_rewards/external_r1v_acc/geoqa/mean": 0.25,
+                                   "eval_rewards/external_r1v_acc/clevr_count/mean": 0.75}],
+             eval__json=[{"accuracy": 0.5, "tasks": {"geoqa": {"accuracy": 0.2, "rows": 5}}}])
+    make_run(sweep, "1_one", ["trainer.beta=0.001"], metric_rows([0.5] * n), info={"status": "finished", "steps": n})
+    mix, one = write_report(sweep, plots=False)
+    assert mix["acc_final/geoqa"] == pytest.approx(sum(geo[-WINDOW:]) / WINDOW)
+    assert mix["acc_final/clevr_count"] == pytest.approx(0.9)
+    # eval.json's per-task accuracy wins; a task it lacks falls back to the last in-training evaluation.
+    assert mix["eval_acc/geoqa"] == 0.2 and mix["eval_acc/clevr_count"] == 0.75
+    assert not any("/" in k for k in one)
+    with open(sweep / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert float(table[0]["acc_final/clevr_count"]) == pytest.approx(0.9) and table[1]["acc_final/clevr_count"] == ""
+    md = (sweep / "report.md").read_text()
+    assert "| clevr_count acc | clevr_count eval | geoqa acc | geoqa eval |" in md
+    assert "| 0.900 | 0.750 |" in md

@@ -17,6 +17,7 @@ from typing import Any
 from mmr1.run_dir import write_atomic  # parallel sweep jobs may all rewrite the report
 from mmr1.sweep.naming import point_overrides, short_label, swept_keys
 from mmr1.sweep.status import RunRecord, find_runs, read_run, status_cell
+from mmr1.tracking.per_task import reward_key, task_names
 from mmr1.tracking.series import WINDOW, reward_names, rolling, series
 from mmr1.typed import container
 
@@ -89,6 +90,12 @@ def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
         "completion_length": _tail_mean(series(rec.metrics, "completions/mean_length")[1]),
         "wall_time_s": rec.wall_time_s, "collapsed": collapse_verdict(rec), "eval_acc": None, "eval_step": None,
     }
+    # A task mixture (mmr1.tracking.per_task): each task's final accuracy reward and its evaluation accuracy.
+    evaluated = (rec.eval_json or {}).get("tasks") or {}
+    for task in sorted(set(task_names(rec.metrics, acc) if acc else []) | set(evaluated)):
+        row[f"acc_final/{task}"] = _tail_mean(series(rec.metrics, reward_key(acc, task))[1]) if acc else None
+        eval_ys = series(rec.eval_metrics, "eval_" + reward_key(acc, task))[1] if acc else []
+        row[f"eval_acc/{task}"] = (evaluated.get(task) or {}).get("accuracy", eval_ys[-1] if eval_ys else None)
     # Evaluation: mmr1.evaluate's eval.json in the run dir wins (greedy, the number the READMEs quote);
     # else the last in-training evaluation (TRL's, at trainer.eval_steps).
     if rec.eval_json and rec.eval_json.get("accuracy") is not None:
@@ -123,9 +130,17 @@ def _fmt(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
+def task_columns(rows: list[dict]) -> list[str]:
+    """A mixture's per-task columns (``acc_final/<task>``, ``eval_acc/<task>``) over all runs, task by task."""
+    tasks = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("acc_final/")})
+    return [f"{kind}/{t}" for t in tasks for kind in ("acc_final", "eval_acc")]
+
+
 def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
+    per_task = task_columns(rows)
     head = ["run", "overrides", "status", "steps", f"acc final ({WINDOW})", "acc best", "format", "KL",
-            "max grad norm", "compl. len", "wall s", "collapsed", "eval acc"]
+            "max grad norm", "compl. len", "wall s", "collapsed", "eval acc",
+            *(f"{t} {'acc' if kind == 'acc_final' else 'eval'}" for kind, t in (c.split("/", 1) for c in per_task))]
     keys = COLUMNS[:-2] + ["eval_acc"]
     lines = [f"# Sweep report: {sweep_dir}", "",
              f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in _count_status(rows).items()), "",
@@ -136,6 +151,7 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
             cells[keys.index("wall_time_s")] = f"{r['wall_time_s']:.0f}"
         if r["eval_acc"] is not None:
             cells[-1] = f"{_fmt(r['eval_acc'])} @{r['eval_step']}"
+        cells += [_fmt(r.get(k)) for k in per_task]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"acc = mean accuracy reward; final = mean of the last {WINDOW} logged steps, best = highest "
               f"{WINDOW}-step rolling mean; format, KL and completion length are last-{WINDOW} means. "
@@ -143,7 +159,8 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
               "metrics with the run's guard settings (a reward drop together with a KL or grad-norm spike for "
               "guard.patience steps, or a non-finite loss); '-' = fewer than guard.min_history steps. "
               "eval acc: mmr1.evaluate's eval.json when present, else the "
-              "last in-training evaluation (@ its step).", ""]
+              "last in-training evaluation (@ its step). A task mixture adds each task's final accuracy "
+              "reward (<task> acc) and evaluation accuracy (<task> eval).", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -233,7 +250,7 @@ def write_report(sweep_dir: str | Path, *, plots: bool = True) -> list[dict]:
     labels = [short_label(ov) or rec.path.name for rec, ov in zip(runs, overrides)]
     written = plot_overlays(runs, labels, sweep_dir) if plots and runs else []
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + task_columns(rows))
     writer.writeheader()
     writer.writerows(rows)
     from mmr1.tracking.secrets import redact  # an override or error message may carry a secret

@@ -33,6 +33,15 @@ def parse_key(key: str, prefix: str = "rewards/") -> tuple[str, str | None] | No
     return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
+def task_names(rows: Sequence[dict], reward: str, prefix: str = "rewards/") -> list[str]:
+    """The tasks with a logged mean of ``reward`` in ``rows``, sorted.
+
+    >>> task_names([{"rewards/acc/b/mean": 1, "rewards/acc/a/mean": 0, "rewards/fmt/c/mean": 1}], "acc")
+    ['a', 'b']
+    """
+    return sorted({p[1] for r in rows for k in r if (p := parse_key(k, prefix)) and p[0] == reward and p[1]})
+
+
 def per_task_means(rewards: Sequence[Sequence[float]], tasks: Sequence[str],
                    names: Sequence[str]) -> dict[str, float]:
     """``{rewards/<name>/<task>/mean: mean}`` of ``rewards[i][j]`` (row i, reward j) grouped by ``tasks[i]``.
