@@ -76,6 +76,7 @@ def _no_test_writes_into_the_repos_outputs():
     before = _outputs_listing()
     yield
     added = sorted(_outputs_listing() - before)
+    # (In a shared checkout a hand-run command from the repository root during the session counts too.)
     assert not added, f"tests wrote into {REPO / 'outputs'}: {added[:5]}"
 
 

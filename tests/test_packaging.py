@@ -34,6 +34,7 @@ def test_wheel_holds_every_config_and_prompt(wheel):
     assert "mmr1/prompts/r1v_system.txt" in names
 
 
+@pytest.mark.slow  # builds and installs a wheel: 17 s of the inner loop (issue 18 part 7)
 def test_installed_wheel_dry_runs_outside_the_repo(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

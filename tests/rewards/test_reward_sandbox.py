@@ -271,6 +271,8 @@ def _gone(pids):
             os.kill(pid, 0)
 
 
+# The full-pipe tests each wait out real budgets (6-10 s apiece): behind `slow`, out of the inner loop.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fault_sleeps", "fault_hangs_in_c"])
 def test_a_hung_reward_with_a_full_pipe_cannot_block_the_call(name):
     pool = _pool()
@@ -288,6 +290,7 @@ def test_a_hung_reward_with_a_full_pipe_cannot_block_the_call(name):
         pool.close()
 
 
+@pytest.mark.slow
 def test_hanging_items_among_good_ones_with_a_full_pipe():
     pool = _pool()
     try:
@@ -308,6 +311,7 @@ class _Stop(Exception):
     """What a second Ctrl-C/SIGTERM raises in the trainer (KeyboardInterrupt), without ending pytest."""
 
 
+@pytest.mark.slow
 def test_an_interrupt_during_a_hung_call_leaves_no_stale_work_behind():
     pool = _pool()
 
@@ -333,6 +337,7 @@ def test_an_interrupt_during_a_hung_call_leaves_no_stale_work_behind():
         pool.close()
 
 
+@pytest.mark.slow
 def test_workers_killed_from_outside_mid_call_still_give_every_item_an_outcome():
     # What a scheduler's SIGTERM to the whole process group did to the old code: its workers died
     # while the trainer was blocked sending to one of them, their items vanished, and the guard
