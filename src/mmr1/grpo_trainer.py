@@ -84,7 +84,7 @@ class Mmr1GRPOTrainer(GRPOTrainer):
             raise ValueError("trainer.dynamic_sampling refills from the training set by index: it needs a map-style "
                              f"dataset, got {type(self.train_dataset).__name__}")
 
-    # Same signature as TRL 1.16's (pinned by tests/test_grpo_trainer.py): the rewards gathered from every rank.
+    # Same signature as TRL 1.16's (pinned by tests/test_dynamic_sampling.py): the rewards gathered from every rank.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         if inputs and "task" in inputs[0]:  # a task mixture (mmr1.data.mixture): each reward's mean per task
@@ -98,7 +98,7 @@ class Mmr1GRPOTrainer(GRPOTrainer):
                 self._metrics[mode][key].append(value)
         return self._last_rewards_per_func
 
-    # Same signature as TRL 1.16's (pinned by tests/test_grpo_trainer.py); _prepare_inputs calls it once per
+    # Same signature as TRL 1.16's (pinned by tests/test_dynamic_sampling.py); _prepare_inputs calls it once per
     # generation round, so num_iterations > 1 and steps_per_generation reuse the filtered batch.
     def _generate_and_score_completions(self, inputs):
         if not self.dynamic_sampling or not self.model.training:
