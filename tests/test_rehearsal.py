@@ -114,3 +114,38 @@ def test_seed_experiment_rehearses_on_hub_schema_files(experiment, tmp_path):
         longest = max(r["completions/max_length"] for r in generated)
         assert longest <= 1024 - fit["longest_prompt"]  # every ClevrCount prompt has the same text and image size
         assert longest < 1024
+
+
+def test_mixture_rehearsal_swaps_each_task_to_its_stand_in(tmp_path):
+    # r1v_mix (issue 14 part 2): the hub tasks become their stand-ins, the mixed set the steps' 12 prompts,
+    # the eval batch (48 completions = 6 prompts) split over the three tasks' own held-out rows.
+    before = compose_cfg(["+experiment=r1v_mix"], run_dir=tmp_path)
+    cfg = compose_cfg(["+experiment=r1v_mix", "+preset=rehearsal"], run_dir=tmp_path)
+    swaps = apply_rehearsal(cfg)
+    t = cfg.trainer
+    assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 12 * t.num_generations == 96
+    assert cfg.dataset.limit == 12
+    for name, task in cfg.dataset.tasks.items():
+        assert task.source.value == "synthetic" and task.generator == before.dataset.tasks[name].generator
+        assert task.eval_size == 2 and task.query_suffix == before.dataset.tasks[name].query_suffix
+    a, b = _flat(before), _flat(cfg)
+    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith("rehearsal.")}
+    assert changed == {s["setting"] for s in swaps}
+
+
+@pytest.mark.slow
+def test_r1v_mix_rehearses_on_the_stand_ins(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["+experiment=r1v_mix", "+preset=rehearsal", f"hydra.run.dir={run_dir}"], timeout=1800)
+    assert "settings swapped" in proc.stdout and "dataset.tasks.geoqa.source" in proc.stdout
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 2 and info["world_size"] == 1
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    generated = [r for r in rows if "reward" in r]
+    assert len(generated) == 1  # num_iterations=2: one generation batch serves both steps
+    tasks = {k.split("/")[2] for k in generated[0] if k.startswith("rewards/") and k.count("/") == 3}
+    assert tasks == {"clevr_count", "geoqa", "openr1_mm"}  # 12 prompts: the whole mixed set, 4 of each task
+    evals = [json.loads(line) for line in (run_dir / "eval_metrics.jsonl").read_text().splitlines()]
+    assert len(evals) == 1 and {f"eval_rewards/format/{t}/mean" for t in ("clevr_count", "geoqa", "openr1_mm")
+                                } <= evals[0].keys()
+    assert (run_dir / "final" / "config.json").exists()
