@@ -30,8 +30,9 @@ def searchpath(tmp_path):
     return f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
 
 
-def test_a_dataset_yaml_on_the_searchpath_previews(searchpath):
-    proc = run_cli(["dataset=my_count", searchpath, "dataset.limit=2"], module="mmr1.data")
+def test_a_dataset_yaml_on_the_searchpath_previews(searchpath, tmp_path):
+    proc = run_cli(["dataset=my_count", searchpath, "dataset.limit=2", f"hydra.run.dir={tmp_path / 'preview'}"],
+                   module="mmr1.data")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 2
     assert all(r["messages"][1]["content"].endswith("in the image? Reply with <answer> N </answer>.") for r in rows)
