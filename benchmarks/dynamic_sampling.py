@@ -105,7 +105,8 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, both arms each")
+    ap.add_argument("--seeds", type=int, default=3, help="how many seeds, both arms each")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 (to finish a partial table)")
     ap.add_argument("--max-steps", type=int, default=400, help="give up on a run after this many steps")
     ap.add_argument("--max-batches", type=int, default=None, help="trainer.dynamic_sampling_max_batches")
     ap.add_argument("--target", type=float, default=0.9)
@@ -114,7 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     results = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for on in (False, True):
             results.append(run_arm(seed, on, args))
             print(table(results), flush=True)
