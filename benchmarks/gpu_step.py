@@ -298,13 +298,15 @@ def mmr1_estimate(args: argparse.Namespace, cfg: dict[str, Any], prompt_len: int
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         from omegaconf import OmegaConf
 
+        from mmr1.config.schema import TrainConfig
         from mmr1.launch.memory import estimate_memory
 
-        node = OmegaConf.create({
+        # Over the schema, so every key the estimate reads has its default (model.train_type, ...).
+        node = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
             "model": {"name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct", "torch_dtype": args.dtype,
                       "max_pixels": args.max_pixels, "min_pixels": None},
             "launcher": {"nproc_per_node": 1, "nnodes": 1},
-            "trainer": {"bf16": args.dtype == "bfloat16", "fp16": args.dtype == "float16", "beta": args.beta,
+            "trainer": {"bf16": args.dtype == "bfloat16", "beta": args.beta,
                         "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1, "extra": {},
                         "max_completion_length": args.max_new_tokens, "max_length": None,
                         "gradient_checkpointing": not args.no_gradient_checkpointing},
