@@ -131,6 +131,7 @@ def test_memory_estimate_counts_the_adapters_peft_creates():
     assert qlora["trainer_gpu_bytes"]["weights"] < 0.5 * lora["trainer_gpu_bytes"]["weights"]
 
 
+@pytest.mark.imports_trl_vllm
 def test_trls_vllm_sync_sends_merged_weights_under_the_base_names():
     """TRL 1.16's own weight iterator (VLLMGeneration._iter_named_params), on a peft-wrapped tiny model: every
     tensor vLLM receives has a base-model name (no lora_A/B, no base_layer) and the merged value, and the model is
@@ -158,6 +159,7 @@ def test_trls_vllm_sync_sends_merged_weights_under_the_base_names():
     torch.testing.assert_close(model(input_ids=x).logits, before)  # unmerged: the adapters train on
 
 
+@pytest.mark.imports_trl_vllm
 def test_dry_run_checks_the_vllm_merge_path_and_plans_qlora_without_a_gpu(tmp_path, capsys):
     from mmr1.train import train
 

@@ -203,6 +203,9 @@ def load_trained(path: str | Path, load_base: Any) -> Any:
 
     base_path = adapter_base(path)
     base = load_base(base_path)
-    model = PeftModel.from_pretrained(base, str(path))
+    # The adapters' tensors load where the base's weights are (peft would pick cuda whenever it is available,
+    # for a base loaded on the CPU too).
+    device = str(next(base.parameters()).device)
+    model = PeftModel.from_pretrained(base, str(path), torch_device=device)
     log.info("loaded LoRA adapters %s onto %s", path, base_path)
     return model if getattr(base, "is_quantized", False) else model.merge_and_unload()
