@@ -59,9 +59,12 @@ def test_ctrl_c_stops_every_rank(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled", **_env()}
     # Long enough to be interrupted mid-run, never long in practice.
+    # SIGINT at its default in the child, whatever this process inherited: a job started with `cmd &` from a
+    # script (or under nohup ... &) ignores SIGINT, and Python then installs no KeyboardInterrupt handler.
     parent = subprocess.Popen([sys.executable, "-m", "mmr1.train", "trainer.max_steps=500", *TINY,
                                f"hydra.run.dir={run_dir}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         # Wait until both ranks train (metrics.jsonl has a row), then press Ctrl-C (SIGINT to mmr1 only).
