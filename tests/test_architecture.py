@@ -16,7 +16,7 @@ RANK = {
     # The typed schemas of the domain packages sit low: the spine's schema (config/) gathers them.
     "data.config": 2.5, "rewards.config": 2.5, "reliability.config": 2.5,
     "data": 3, "rewards": 3, "models": 4,
-    "config": 5, "dynamic_sampling": 5.5,
+    "config": 5, "dynamic_sampling": 5.5, "rollout": 5.8,
     "warmstart": 6, "grpo_trainer": 6, "policy": 6.5,
     "launch": 7, "reliability": 8,
     "sweep": 9, "rehearsal": 9, "checks": 9,

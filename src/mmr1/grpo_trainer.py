@@ -23,6 +23,7 @@ import torch
 from trl import GRPOTrainer
 
 from mmr1.dynamic_sampling import refill_indices, sample_batch
+from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
 
 IMAGE_MARK = "<image>"
@@ -61,8 +62,12 @@ class Mmr1GRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with ``context_length`` and ``dynamic_sampling``: None / False keep TRL's behaviour exactly."""
 
     def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
-                 dynamic_sampling_max_batches: int = 1, **kwargs: Any) -> None:
+                 dynamic_sampling_max_batches: int = 1, banned_token_ids: set[int] | None = None,
+                 **kwargs: Any) -> None:
         self.context_length = context_length
+        # The vision tokens banned at sampling time (mmr1.rollout.vision_tokens): a completion that still holds
+        # one ends before it, counted as rollout/vision_token_cuts.
+        self.banned_token_ids = set(banned_token_ids or ())
         self.dynamic_sampling = dynamic_sampling
         self.dynamic_sampling_max_batches = dynamic_sampling_max_batches
         self._last_rewards_per_func: torch.Tensor | None = None
@@ -159,12 +164,9 @@ class Mmr1GRPOTrainer(GRPOTrainer):
 
     # Same signature as TRL 1.16's (tests/test_grpo_trainer.py pins it to the installed TRL).
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if self.context_length is None:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
         config = getattr(self, "generation_config", None)  # transformers generate only (TRL's hf path)
         saved = getattr(config, "max_new_tokens", None)
-        if config is not None and not self.use_vllm:
+        if self.context_length is not None and config is not None and not self.use_vllm:
             # Generate no further than the roomiest prompt of the batch may keep: the rest would be cut anyway.
             config.max_new_tokens = max(1, min(saved, self.context_length - min(map(len, prompt_ids))))
         try:
@@ -174,4 +176,9 @@ class Mmr1GRPOTrainer(GRPOTrainer):
         finally:
             if config is not None:
                 config.max_new_tokens = saved
+        if self.banned_token_ids:
+            completion_ids, logprobs, cuts = cut_at_vision_tokens(completion_ids, logprobs, self.banned_token_ids)
+            self._metrics["train" if self.model.training else "eval"]["rollout/vision_token_cuts"].append(float(cuts))
+        if self.context_length is None:
+            return completion_ids, logprobs
         return cap_to_context(prompt_ids, completion_ids, logprobs, self.context_length, self.max_completion_length)

@@ -7,7 +7,10 @@ written to ``rehearsal.json``:
 - the weights: the embedded tiny Qwen2.5-VL in float32, keeping the experiment's processor limits
   (``model.min_pixels``/``max_pixels``) and its warm-start setting;
 - vLLM: transformers generate with the same sampling settings and the same context rule
-  (``rollout.max_model_len`` still ends completions, mmr1.grpo_trainer);
+  (``rollout.max_model_len`` still ends completions, mmr1.grpo_trainer); or, with ``rehearsal.rollout=vllm``
+  (vLLM's CPU build installed), vLLM itself in colocate mode: the experiment's server becomes an engine in this
+  process, eager and with a 1 GiB KV cache, and vLLM enforces ``rollout.max_model_len``, the image limits and
+  the sampling settings as on the GPUs;
 - DeepSpeed: off; the launcher: this one process;
 - the layout: the experiment's N trainer ranks become gradient accumulation in one process (N x
   ``gradient_accumulation_steps``; the eval batch N x as large), so each optimizer step sees the same
@@ -67,11 +70,7 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.model.train_type == "qlora":  # bitsandbytes' 4-bit layers need a GPU; the adapters stay the experiment's
         swap("model.train_type", "lora")
     swap("trainer.bf16", False)
-    swap("rollout.backend", "hf")
-    swap("rollout.vllm_mode", None)
-    # Long completions on a CPU: a preallocated KV cache instead of one concatenation per token
-    # (same model, same sampling).
-    swap("rollout.cache_implementation", "static")
+    _swap_rollout(cfg, swap)
     swap("deepspeed.enabled", False)
     swap("launcher.name", "local")
     swap("launcher.nproc_per_node", 1)
@@ -108,6 +107,29 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     cfg.rehearsal.swaps = swaps
     cfg.rehearsal.applied = True
     return swaps
+
+
+def _swap_rollout(cfg: DictConfig, swap: Any) -> None:
+    """``rehearsal.rollout``: transformers generate, or vLLM colocate in this one process (the CPU build)."""
+    choice = cfg.rehearsal.rollout
+    if choice == "vllm":
+        if cfg.rollout.backend != "vllm":
+            raise ValueError(f"rehearsal.rollout=vllm rehearses an experiment's vLLM rollouts, and this one has "
+                             f"rollout.backend={cfg.rollout.backend!r}")
+        # One process owns the engine: the seed's server becomes colocate (same engine, same sampling settings).
+        swap("rollout.vllm_mode", "colocate")
+        # On a CPU: no CUDA graphs to capture, and a KV cache sized for the rehearsal's batch, not a share of RAM.
+        swap("rollout.enforce_eager", True)
+        if cfg.rollout.kv_cache_gib is None:
+            swap("rollout.kv_cache_gib", 1)
+        return
+    if choice != "hf":
+        raise ValueError(f"rehearsal.rollout must be 'hf' or 'vllm', got {choice!r}")
+    swap("rollout.backend", "hf")
+    swap("rollout.vllm_mode", None)
+    # Long completions on a CPU: a preallocated KV cache instead of one concatenation per token
+    # (same model, same sampling).
+    swap("rollout.cache_implementation", "static")
 
 
 def swap_table(swaps: list[dict[str, Any]]) -> str:

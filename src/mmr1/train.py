@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mmr1.config import CONF_DIR, register_configs
-from mmr1.config.grpo_args import build_grpo_kwargs
+from mmr1.config.grpo_args import build_grpo_kwargs, has_accelerator
 from mmr1.run_dir import prepare_run_dir, write_config, write_json, write_run_info
 from mmr1.tracking.secrets import protect_run_dir
 from mmr1.typed import container
@@ -110,25 +110,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # DeepSpeed on CPU ranks: accelerate's state on DeepSpeed's CPU accelerator (not in grpo_args.json).
     run_kwargs = {**grpo_kwargs, **cpu_state(cfg, grpo_kwargs.get("ddp_timeout", 1800))}
+    from mmr1.rollout.vision_tokens import ban_kwargs, merge_generation_kwargs, vision_token_ids
+
+    # No completion may hold a vision token (mmr1.rollout.vision_tokens): banned at sampling, by each backend's setting.
+    vision = vision_token_ids(model.config, processor)
+    ban = ban_kwargs(cfg.rollout.backend, vision, processor.tokenizer)
+    run_kwargs["generation_kwargs"] = merge_generation_kwargs(run_kwargs.get("generation_kwargs"), ban)
+    log.info("vision tokens banned from completions (%s): %s", next(iter(ban)), ", ".join(vision))
     metrics_cb = MetricsJsonlCallback(run_dir)
     if data.stats.get("skipped"):
         metrics_cb.extra["data/skipped_rows"] = data.stats["skipped"]
     for split, n in data.stats.get("long_prompts_skipped", {}).items():
         metrics_cb.extra[f"data/long_prompts_skipped_{split}"] = n
-    trainer = Mmr1GRPOTrainer(
-        model=model,
-        context_length=context,  # completions end where the rollout context does, on every backend
-        # Zero-variance groups dropped and refilled (mmr1.dynamic_sampling); off by default.
-        dynamic_sampling=cfg.trainer.dynamic_sampling,
-        dynamic_sampling_max_batches=cfg.trainer.dynamic_sampling_max_batches,
-        reward_funcs=reward_funcs,
-        args=GRPOConfig(**run_kwargs),
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=processor,
-        callbacks=[metrics_cb],
-        peft_config=lora,
-    )
+    from contextlib import nullcontext
+
+    from mmr1.rollout.vllm_engine import colocate_engine
+
+    colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
+    with colocate_engine(cfg) if colocate else nullcontext():  # dtype, eager, KV cache: settings TRL does not pass
+        trainer = Mmr1GRPOTrainer(
+            model=model,
+            banned_token_ids=set(vision.values()),
+            context_length=context,  # completions end where the rollout context does, on every backend
+            # Zero-variance groups dropped and refilled (mmr1.dynamic_sampling); off by default.
+            dynamic_sampling=cfg.trainer.dynamic_sampling,
+            dynamic_sampling_max_batches=cfg.trainer.dynamic_sampling_max_batches,
+            reward_funcs=reward_funcs,
+            args=GRPOConfig(**run_kwargs),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=processor,
+            callbacks=[metrics_cb],
+            peft_config=lora,
+        )
+    if colocate and not has_accelerator():
+        from mmr1.rollout.vllm_engine import reload_weights_on_cpu
+
+        reload_weights_on_cpu(trainer)  # vLLM's CPU build repacks its weights: TRL's per-tensor sync cannot load them
     if lora is not None:
         from mmr1.models.lora import trainable_share
 

@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, TrainerCallback
 
+from mmr1.config.grpo_args import checkpointing_field
 from mmr1.models.tiny import cache_root
 from mmr1.rewards import get as get_reward
 from mmr1.typed import container
@@ -109,12 +110,14 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
     gate = AccuracyGate(processor, gate_rows, ws)
     tmp = Path(tempfile.mkdtemp(prefix="mmr1-warmstart-"))
+    checkpointing: dict[str, Any] = {checkpointing_field(): False}  # the installed transformers' name for it
     args = SFTConfig(
         output_dir=str(tmp), max_steps=ws.max_steps, per_device_train_batch_size=ws.batch_size,
         learning_rate=ws.learning_rate, warmup_steps=ws.warmup_steps, lr_scheduler_type="constant_with_warmup",
-        logging_steps=25, save_strategy="no", report_to="none", activation_checkpointing=False, bf16=False,
+        logging_steps=25, save_strategy="no", report_to="none", bf16=False,
         completion_only_loss=True, max_length=None, seed=ws.seed, dataloader_num_workers=0, disable_tqdm=True,
         dataloader_pin_memory=torch.accelerator.is_available(),  # torch warns about pinning without an accelerator
+        **checkpointing,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                          callbacks=[gate])

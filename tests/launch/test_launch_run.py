@@ -55,9 +55,23 @@ def test_gpu_work_on_a_cpu_machine_is_refused_before_anything_starts(tmp_path, m
     cfg = compose_cfg(["+experiment=geoqa"], run_dir=tmp_path)
     with pytest.raises(LayoutError) as err:
         launch(cfg, lambda c: pytest.fail("must not train"))
-    # vLLM needs GPUs; DeepSpeed does not (its CPU accelerator), it only has to be installed.
-    assert "rollout=vllm needs GPUs" in str(err.value) and "DeepSpeed" not in str(err.value).split("\n")[1]
+    # Training against a vLLM server needs GPUs (NCCL weight sync); DeepSpeed does not (its CPU accelerator), it
+    # only has to be installed.
+    assert "rollout=vllm_server needs GPUs" in str(err.value) and "NCCL" in str(err.value)
+    assert "DeepSpeed" not in str(err.value).split("\n")[1]
     assert "deepspeed is not installed" in str(err.value)
+
+
+@pytest.mark.parametrize(("build", "refused"), [(None, "vllm is not installed"), ("gpu", "not vLLM's CPU build"),
+                                                ("cpu", None)])
+def test_colocate_on_a_cpu_machine_needs_vllms_cpu_build(build, refused, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_mod, "vllm_build", lambda: build)
+    cfg = compose_cfg(["rollout=vllm_colocate"], run_dir=tmp_path)
+    if refused is None:  # the CPU build: colocate trains here, in this process
+        assert launch(cfg, lambda c: {"reward": 1.0}) == {"reward": 1.0}
+        return
+    with pytest.raises(LayoutError, match=refused):
+        launch(cfg, lambda c: pytest.fail("must not train"))
 
 
 @pytest.mark.parametrize("trainer_rc", [0, 3])

@@ -7,12 +7,15 @@ importance-sampling correction became on), and a silent default change makes run
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from mmr1.typed import container
+
+log = logging.getLogger("mmr1.config")
 
 # mmr1 keys under `trainer` that are not GRPOConfig fields.
 _MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length", "dynamic_sampling", "dynamic_sampling_max_batches"}
@@ -24,10 +27,32 @@ def client_host(bind_host: str) -> str:
     return "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
     import torch
 
     return bool(torch.accelerator.is_available())
+
+
+def checkpointing_field() -> str:
+    """The installed TrainingArguments' name for gradient checkpointing.
+
+    Newer transformers 5 releases renamed it ``activation_checkpointing`` (the old name warns, and TRL's _BaseConfig
+    still defaults it to True; passing the new name sets both); older ones, such as 5.17 of the vLLM-on-CPU
+    environment (scripts/vllm_cpu_env.sh), know only ``gradient_checkpointing``.
+    """
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
+def _sleep_mode(asked: bool) -> bool:
+    """vLLM's sleep mode needs an accelerator ("Sleep mode is not supported on current platform" on a CPU):
+    off there, said once, instead of vLLM's start-up error."""
+    if asked and not has_accelerator():
+        log.info("rollout.enable_sleep_mode: off on this CPU machine (vLLM's sleep mode needs an accelerator)")
+        return False
+    return asked
 
 
 def _report_to(cfg: DictConfig) -> list[str] | str:
@@ -63,12 +88,10 @@ def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     )
     if cfg.reward.weights is not None:
         kwargs["reward_weights"] = list(cfg.reward.weights)
-    # transformers 5 renamed gradient_checkpointing (training_args.py:1533-1541 warns on the old name, which
-    # TRL's _BaseConfig still defaults to True); passing the new name sets both.
     if "gradient_checkpointing" in kwargs:
-        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+        kwargs[checkpointing_field()] = kwargs.pop("gradient_checkpointing")
     # Pinned host memory only helps copies to an accelerator; without one torch warns at every DataLoader.
-    kwargs["dataloader_pin_memory"] = _has_accelerator()
+    kwargs["dataloader_pin_memory"] = has_accelerator()
     # TRL 1.16 turns this on for VLMs in case of text-only batches (grpo_trainer.py:389-398), and DDP then warns
     # on every rank that nothing was unused. Every mmr1 row carries an image (mmr1.data.images: BadImage "no image").
     kwargs["ddp_find_unused_parameters"] = False
@@ -108,7 +131,7 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
         out.update(
             vllm_gpu_memory_utilization=r.gpu_memory_utilization,
             vllm_tensor_parallel_size=r.tensor_parallel_size,
-            vllm_enable_sleep_mode=r.enable_sleep_mode,
+            vllm_enable_sleep_mode=_sleep_mode(r.enable_sleep_mode),
         )
     else:
         # In server mode memory utilization / parallelism are arguments of `trl vllm-serve`

@@ -112,10 +112,16 @@ class RolloutConfig:
     server_timeout_s: float = 600.0
     # NCCL port of the weight-sync group between trainer rank 0 and the server (TRL: vllm_group_port).
     group_port: int = 51216
-    # Server engine options (`trl vllm-serve` flags); null = vLLM's default.
+    # Engine options, server and colocate alike. dtype null = the run's (model.torch_dtype): vLLM samples from the
+    # weights the trainer scores (vLLM's own "auto" picks bf16 on a CPU even for a float32 checkpoint).
     dtype: str | None = None
     enable_prefix_caching: bool | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # no CUDA graphs / torch.compile: a shorter engine start, slower decoding
+    # Colocate: tokens per engine step (null = TRL's 4096); a smaller one shortens vLLM's start-up profiling run.
+    max_num_batched_tokens: int | None = None
+    # Colocate: the KV cache in GiB (vLLM's kv_cache_memory_bytes; on a CPU what VLLM_CPU_KVCACHE_SPACE sets); null =
+    # vLLM's default (a CPU: 4 GiB; a GPU: what gpu_memory_utilization leaves).
+    kv_cache_gib: float | None = None
     # Verbatim extra arguments for `trl vllm-serve` (forwarded by it to `vllm serve`).
     server_extra_args: list[str] = field(default_factory=list)
     model_impl: str = "vllm"
@@ -261,6 +267,10 @@ class RehearsalConfig:
 
     enabled: bool = False
     max_steps: int = 2  # optimizer steps; the one evaluation and the one checkpoint come at the last
+    # Who rolls out: hf (transformers generate, any install) or vllm (vLLM colocate in this one process: the CPU
+    # build, scripts/vllm_cpu_env.sh; the experiment's server becomes colocate, a listed swap, so vLLM itself
+    # enforces its context, image limits and sampling settings).
+    rollout: str = "hf"
     # Filled by mmr1.rehearsal.apply_rehearsal: what was swapped (key, experiment value, rehearsal value).
     applied: bool = False
     swaps: list[Any] = field(default_factory=list)

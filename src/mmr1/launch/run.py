@@ -24,6 +24,7 @@ from mmr1.launch.layout import Layout, LayoutError, in_launched_rank, resolve_la
 from mmr1.launch.plan import accelerate_command, build_plan, launcher_env
 from mmr1.launch.procs import ChildExited, Supervisor, Terminated
 from mmr1.launch.vllm_server import server_url, wait_healthy
+from mmr1.rollout.vllm_engine import vllm_build
 
 log = logging.getLogger("mmr1.launch")
 PLAN_FILE = "launch.json"
@@ -70,15 +71,25 @@ def plan_file(node_rank: int) -> str:
 def _check_can_run(cfg: DictConfig, plan: dict) -> None:
     """What only a real run needs (the dry run reports these as warnings): GPUs and the [gpu] extra."""
     problems = []
-    # DeepSpeed runs on a CPU too: its CPU accelerator (gloo when oneCCL is absent); vLLM does not.
-    if cfg.rollout.backend == "vllm" and not plan["gpus_checked"]:
-        problems.append("rollout=vllm needs GPUs, and none were found (use rollout=hf on a CPU machine)")
+    vllm = cfg.rollout.backend == "vllm"
+    build = vllm_build() if vllm else None
+    # DeepSpeed runs on a CPU too: its CPU accelerator (gloo when oneCCL is absent). vLLM's CPU build runs colocate;
+    # a server can generate on a CPU but not take the trainer's weights (TRL's weight sync is NCCL only:
+    # trl/generation/vllm_client.py, init_communicator), so training against one needs GPUs.
+    if vllm and not plan["gpus_checked"]:
+        if cfg.rollout.vllm_mode != "colocate":
+            problems.append("rollout=vllm_server needs GPUs, and none were found: TRL's weight sync to a vLLM server "
+                            "is NCCL only (on a CPU: rollout=vllm_colocate with vLLM's CPU build, or rollout=hf)")
+        elif build == "gpu":
+            problems.append("rollout=vllm_colocate found no GPU, and the installed vllm is not vLLM's CPU build "
+                            "(bash scripts/vllm_cpu_env.sh DIR makes an environment with it; or rollout=hf)")
     if cfg.deepspeed.enabled and importlib.util.find_spec("deepspeed") is None:
         problems.append("deepspeed is not installed: pip install 'mmr1[gpu]'")
     starts_server = any(p["role"] == "rollout_server" for p in plan["processes"])
-    colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
-    if (starts_server or colocate) and importlib.util.find_spec("vllm") is None:
-        problems.append("vllm is not installed: pip install 'mmr1[gpu]'")
+    colocate = vllm and cfg.rollout.vllm_mode == "colocate"
+    if (starts_server or colocate) and build is None:
+        problems.append("vllm is not installed: pip install 'mmr1[gpu]' (a GPU machine), or on a CPU "
+                        "bash scripts/vllm_cpu_env.sh DIR (vLLM's CPU build)")
     if problems:
         raise LayoutError("cannot start this run here:\n  - " + "\n  - ".join(problems))
 
