@@ -177,7 +177,8 @@ class Mmr1GRPOTrainer(GRPOTrainer):
             if config is not None:
                 config.max_new_tokens = saved
         if self.banned_token_ids:
-            completion_ids, logprobs, cuts = cut_at_vision_tokens(completion_ids, logprobs, self.banned_token_ids)
+            completion_ids, logprobs, cuts = cut_at_vision_tokens(completion_ids, logprobs, self.banned_token_ids,
+                                                                  self._tokenizer.eos_token_id)
             self._metrics["train" if self.model.training else "eval"]["rollout/vision_token_cuts"].append(float(cuts))
         if self.context_length is None:
             return completion_ids, logprobs

@@ -114,9 +114,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # No completion may hold a vision token (mmr1.rollout.vision_tokens): banned at sampling, by each backend's setting.
     vision = vision_token_ids(model.config, processor)
-    ban = ban_kwargs(cfg.rollout.backend, vision, processor.tokenizer)
-    run_kwargs["generation_kwargs"] = merge_generation_kwargs(run_kwargs.get("generation_kwargs"), ban)
-    log.info("vision tokens banned from completions (%s): %s", next(iter(ban)), ", ".join(vision))
+    if cfg.rollout.ban_vision_tokens:
+        ban = ban_kwargs(cfg.rollout.backend, vision, processor.tokenizer)
+        run_kwargs["generation_kwargs"] = merge_generation_kwargs(run_kwargs.get("generation_kwargs"), ban)
+        log.info("vision tokens banned from completions (%s): %s", next(iter(ban)), ", ".join(vision))
+    else:
+        log.warning("rollout.ban_vision_tokens=false: completions are cut before any vision token instead "
+                    "(rollout/vision_token_cuts counts them): %s", ", ".join(vision))
     metrics_cb = MetricsJsonlCallback(run_dir)
     if data.stats.get("skipped"):
         metrics_cb.extra["data/skipped_rows"] = data.stats["skipped"]
@@ -127,7 +131,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mmr1.rollout.vllm_engine import colocate_engine
 
     colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
-    with colocate_engine(cfg) if colocate else nullcontext():  # dtype, eager, KV cache: settings TRL does not pass
+    # The pads vLLM expands against each image or video itself (mmr1.rollout.vllm_engine: trl#6294).
+    placeholders = {processor.image_token_id, processor.video_token_id} - {None}
+    with colocate_engine(cfg, placeholders) if colocate else nullcontext():  # dtype, eager, KV cache: settings TRL does not pass
         trainer = Mmr1GRPOTrainer(
             model=model,
             banned_token_ids=set(vision.values()),

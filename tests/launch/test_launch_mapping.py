@@ -1,5 +1,6 @@
 """Every rollout / launcher / deepspeed setting lands where its engine reads it: GRPOConfig keywords,
-`trl vllm-serve` flags (parsed by TRL's own parser), `accelerate launch` flags (parsed by accelerate's)."""
+the `vllm serve` line TRL builds (parsed by vLLM's own parser where vLLM is installed), `accelerate launch` flags
+(parsed by accelerate's)."""
 
 from __future__ import annotations
 
@@ -53,26 +54,56 @@ def test_attach_to_a_running_server(tmp_path):
     assert plan["trainer_gpus"] == [str(i) for i in range(6)]
 
 
-def test_server_command_parses_with_trls_parser():
-    from trl.scripts.vllm_serve import build_command, make_parser
+SERVER_FLAGS = [*SERVER_8, "rollout.max_model_len=4096", "rollout.tensor_parallel_size=2",
+                "rollout.data_parallel_size=1", "rollout.server_port=8123", "rollout.dtype=float16",
+                "rollout.enable_prefix_caching=true", "rollout.enforce_eager=true", "model.trust_remote_code=true",
+                "rollout.model_impl=transformers", "rollout.server_extra_args=[--max-num-seqs,64]"]
 
-    cfg = compose_cfg([*SERVER_8, "rollout.max_model_len=4096", "rollout.tensor_parallel_size=2",
-                       "rollout.data_parallel_size=1", "rollout.server_port=8123", "rollout.dtype=float16",
-                       "rollout.enable_prefix_caching=true", "rollout.enforce_eager=true",
-                       "model.trust_remote_code=true", "rollout.model_impl=transformers",
-                       "rollout.server_extra_args=[--max-num-seqs,64]"])
-    cmd = server_command(cfg, "/models/m")
-    script_args, extra = make_parser().parse_args_and_config(cmd[2:], return_remaining_strings=True)
-    assert (script_args.model, script_args.tensor_parallel_size, script_args.data_parallel_size, script_args.port,
-            script_args.gpu_memory_utilization, script_args.max_model_len, script_args.dtype,
-            script_args.enable_prefix_caching, script_args.enforce_eager, script_args.trust_remote_code,
-            script_args.vllm_model_impl, script_args.host) == (
-        "/models/m", 2, 1, 8123, 0.6, 4096, "float16", True, True, True, "transformers", "0.0.0.0")
-    # The image limits reach vLLM's processor (forwarded by trl vllm-serve to vllm serve).
-    assert extra[0] == '--mm-processor-kwargs={"max_pixels": 401408, "min_pixels": 3136}'
-    assert extra[1:] == ["--max-num-seqs", "64"]
-    vllm_cmd = build_command(script_args, extra)
-    assert arg(vllm_cmd, "--gpu-memory-utilization") == "0.6" and "--weight-transfer-config" in vllm_cmd
+
+def test_server_command_is_the_vllm_serve_line_trl_builds():
+    from trl.scripts.vllm_serve import build_command
+
+    cmd = server_command(compose_cfg(SERVER_FLAGS), "/models/m")
+    serve = cmd.index("serve")
+    assert cmd[serve - 1] in ("vllm.entrypoints.cli.main", "mmr1.launch.vllm_cli") and cmd[serve + 1] == "/models/m"
+    assert (arg(cmd, "--tensor-parallel-size"), arg(cmd, "--data-parallel-size"), arg(cmd, "--port"),
+            arg(cmd, "--gpu-memory-utilization"), arg(cmd, "--max-model-len"), arg(cmd, "--dtype"),
+            arg(cmd, "--model-impl"), arg(cmd, "--host")) == (
+        "2", "1", "8123", "0.6", "4096", "float16", "transformers", "0.0.0.0")
+    assert {"--enable-prefix-caching", "--enforce-eager", "--trust-remote-code"} <= set(cmd)
+    # What TRL's client needs: NCCL weight transfer, log-probs after temperature, every log-prob.
+    assert json.loads(arg(cmd, "--weight-transfer-config")) == {"backend": "nccl"}
+    assert arg(cmd, "--logprobs-mode") == "processed_logprobs" and arg(cmd, "--max-logprobs") == "-1"
+    # The image limits reach vLLM's processor; the user's extra flags come last, as they are.
+    assert '--mm-processor-kwargs={"max_pixels": 401408, "min_pixels": 3136}' in cmd
+    assert cmd[-2:] == ["--max-num-seqs", "64"]
+    # TRL's own builder, nothing hand-written: the same line but for the CPU build's entry module.
+    from trl.scripts.vllm_serve import ScriptArguments
+
+    trl_cmd = build_command(ScriptArguments(
+        model="/models/m", tensor_parallel_size=2, data_parallel_size=1, port=8123, gpu_memory_utilization=0.6,
+        dtype="float16", max_model_len=4096, enable_prefix_caching=True, enforce_eager=True, trust_remote_code=True,
+        vllm_model_impl="transformers"), ['--mm-processor-kwargs={"max_pixels": 401408, "min_pixels": 3136}',
+                                          "--max-num-seqs", "64"])
+    assert [a if a != "mmr1.launch.vllm_cli" else "vllm.entrypoints.cli.main" for a in cmd] == trl_cmd
+
+
+@pytest.mark.vllm
+def test_server_command_parses_with_vllms_own_parser():
+    from vllm.entrypoints.cli import serve
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    cmd = server_command(compose_cfg(SERVER_FLAGS), "/models/m")
+    parser = FlexibleArgumentParser()
+    for sub in serve.cmd_init():
+        sub.subparser_init(parser.add_subparsers(dest="subparser"))
+    args = parser.parse_args(cmd[cmd.index("serve"):])
+    assert (args.model_tag, args.tensor_parallel_size, args.data_parallel_size, args.port, args.max_model_len,
+            args.dtype, args.enforce_eager, args.trust_remote_code, args.model_impl, args.logprobs_mode,
+            args.max_logprobs, args.max_num_seqs) == (
+        "/models/m", 2, 1, 8123, 4096, "float16", True, True, "transformers", "processed_logprobs", -1, 64)
+    assert args.mm_processor_kwargs == {"max_pixels": 401408, "min_pixels": 3136}
+    assert args.weight_transfer_config is not None and "nccl" in str(args.weight_transfer_config)
 
 
 def test_clevr_server_images_fit_its_context():

@@ -29,9 +29,9 @@ def test_seed_experiments_on_one_8_gpu_node(experiment, tmp_path):
     assert plan["deepspeed"]["stage"] == 3
     (server,) = by_role(plan, "rollout_server")
     scmd = server["command"]
-    assert scmd[0].endswith("trl") and scmd[1] == "vllm-serve"
-    assert arg(scmd, "--data_parallel_size") == "2" and arg(scmd, "--gpu_memory_utilization") == "0.6"
-    assert server["env"] == {"CUDA_VISIBLE_DEVICES": "6,7"} and server["gpus"] == ["6", "7"]
+    assert scmd[1] == "-m" and scmd[3] == "serve"  # vLLM's own server, as TRL 1.16 builds its line
+    assert arg(scmd, "--data-parallel-size") == "2" and arg(scmd, "--gpu-memory-utilization") == "0.6"
+    assert server["env"] == {"CUDA_VISIBLE_DEVICES": "6,7", "VLLM_SERVER_DEV_MODE": "1"} and server["gpus"] == ["6", "7"]
     assert server["ports"]["http"] == 8000
     # openr1_mm carries the seed's MASTER_PORT=29600.
     assert plan["master_port"] == (29600 if experiment == "openr1_mm" else 29500)
@@ -144,8 +144,8 @@ def test_dry_run_cli_writes_the_seed_plan(tmp_path):
     plan = json.loads((run_dir / "launch.json").read_text())
     assert len(by_role(plan, "trainer")) == 6 and plan["deepspeed"]["stage"] == 3
     (server,) = by_role(plan, "rollout_server")
-    assert server["gpus"] == ["6", "7"] and arg(server["command"], "--gpu_memory_utilization") == "0.6"
-    assert arg(server["command"], "--data_parallel_size") == "2"
+    assert server["gpus"] == ["6", "7"] and arg(server["command"], "--gpu-memory-utilization") == "0.6"
+    assert arg(server["command"], "--data-parallel-size") == "2"
     # The plan shows the real run's rank command lines: same overrides, no dry_run, one run directory.
     rank_cmd = by_role(plan, "trainer")[0]["command"]
     assert "+experiment=geoqa" in rank_cmd and not any(a.startswith("dry_run") for a in rank_cmd)

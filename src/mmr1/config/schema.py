@@ -126,6 +126,11 @@ class RolloutConfig:
     server_extra_args: list[str] = field(default_factory=list)
     model_impl: str = "vllm"
     enable_sleep_mode: bool = False
+    # Vision tokens (<|image_pad|>, <|vision_start|>, ...) banned from completions at sampling time
+    # (mmr1.rollout.vision_tokens): a sampled one crashes the next forward (R1-V#91). The ban renormalises the
+    # sampler over the other tokens, which TRL's importance-sampling metrics then count as sampler/trainer mismatch
+    # (log(1 - p_banned) per token; ~0 for an instruct model). false = no ban, only the last-line cut.
+    ban_vision_tokens: bool = True
     # The seed (ms-swift at the time) had no vLLM importance-sampling correction; TRL's default is on.
     importance_sampling_correction: bool = False
     # backend=hf: transformers' KV cache ("static" preallocates it: on a CPU 3.7x faster than the dynamic

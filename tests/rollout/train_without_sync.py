@@ -1,0 +1,18 @@
+"""``python tests/rollout/train_without_sync.py OVERRIDES``: ``mmr1.train`` with vLLM's weight sync disabled.
+
+The control of the log-prob agreement test: vLLM keeps sampling from the weights it started with while the trainer
+moves on. Not collected by pytest (no ``test_`` prefix)."""
+
+import mmr1.rollout.vllm_engine as engine
+
+
+def _no_sync(trainer):
+    trainer.vllm_generation.sync_weights = lambda: None
+
+
+engine.reload_weights_on_cpu = _no_sync
+
+if __name__ == "__main__":
+    from mmr1.train import main
+
+    main()
