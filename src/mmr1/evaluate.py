@@ -26,7 +26,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mmr1.config import CONF_DIR, register_configs
-from mmr1.models.generation import generate
+from mmr1.models.generation import generate, server_generate
 
 log = logging.getLogger("mmr1.evaluate")
 
@@ -126,7 +126,18 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
     processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
                                trust_remote_code=cfg.model.trust_remote_code)
-    model = load_model(model_path, cfg.model).to(device).eval()
+    if ev.server_url:  # the server holds the weights: only the processor is needed here (the prompts' token ids)
+        from trl.generation.vllm_client import VLLMClient
+
+        client = VLLMClient(base_url=str(ev.server_url), connection_timeout=cfg.rollout.server_timeout_s)
+
+        def gen(batch: list[dict], **kw: Any) -> list[list[dict]]:
+            return server_generate(client, processor, batch, **kw)
+    else:
+        model = load_model(model_path, cfg.model).to(device).eval()
+
+        def gen(batch: list[dict], **kw: Any) -> list[list[dict]]:
+            return generate(model, processor, batch, **kw)
     reward_funcs = build_reward_funcs(cfg.reward, out_path.parent)
     names = [fn.__name__ for fn in reward_funcs]
     acc, fmt = reward_roles(names)
@@ -142,12 +153,11 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     for i in range(0, len(rows), ev.batch_size):
         batch = rows[i:i + ev.batch_size]
         if ev.greedy:
-            g = generate(model, processor, batch, n=1, do_sample=False, max_new_tokens=max_new)
+            g = gen(batch, n=1, do_sample=False, max_new_tokens=max_new)
             score(reward_funcs, batch, g)
             greedy += g
         if ev.num_samples:
-            s = generate(model, processor, batch, n=ev.num_samples, do_sample=True, max_new_tokens=max_new,
-                         **sampling)
+            s = gen(batch, n=ev.num_samples, do_sample=True, max_new_tokens=max_new, **sampling)
             score(reward_funcs, batch, s)
             sampled += s
         bar.update(len(batch))

@@ -322,6 +322,9 @@ class EvalConfig:
     pass_k: list[int] = field(default_factory=lambda: [1])
     output: str | None = None           # null: <run dir>/eval.json (see module docstring)
     device: str = "auto"                # auto = cuda if available, else cpu
+    # Generate through a running vLLM server (`vllm serve`, e.g. the line mmr1's launch plan starts) at this URL
+    # instead of in this process; it must serve the model being evaluated (eval.checkpoint is then only its name).
+    server_url: str | None = None
     seed: int = 0
 
 

@@ -59,3 +59,49 @@ def generate(model, processor, rows: list[dict], *, n: int, do_sample: bool, max
     lengths, truncated = completion_lengths(new, {e for e in eos if e is not None}, gen.pad_token_id)
     flat = [{"text": t, "length": ln, "truncated": tr} for t, ln, tr in zip(decoded, lengths, truncated)]
     return [flat[i * n:(i + 1) * n] for i in range(len(rows))]
+
+
+def _image_runs(prompt_ids: list[int], image_token_id: int) -> list[dict[str, int]]:
+    """Where each image's expanded placeholders sit in a prompt: ``[{"offset", "length"}, ...]`` per run.
+
+    >>> _image_runs([1, 7, 7, 2, 7, 3], 7)
+    [{'offset': 1, 'length': 2}, {'offset': 4, 'length': 1}]
+    """
+    runs: list[dict[str, int]] = []
+    for i, token in enumerate(prompt_ids):
+        if token != image_token_id:
+            continue
+        if runs and runs[-1]["offset"] + runs[-1]["length"] == i:
+            runs[-1]["length"] += 1
+        else:
+            runs.append({"offset": i, "length": 1})
+    return runs
+
+
+def server_generate(client, processor, rows: list[dict], *, n: int, do_sample: bool, max_new_tokens: int,
+                    temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> list[list[dict]]:
+    """``generate``'s completions, made by a running vLLM server through TRL's client (``trl.generation.vllm_client
+    .VLLMClient``): the server turns each row's images into features (``image_features``), which are pointed at the
+    prompt's own placeholder runs, as TRL's server rollouts do (``VLLMGeneration._place_features``)."""
+    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    images = [row_images(r) for r in rows]
+    prompt_ids = [list(map(int, processor(text=[t], images=imgs)["input_ids"][0])) for t, imgs in zip(texts, images)]
+    features = client.image_features(images)
+    placed = []
+    for feats, ids in zip(features, prompt_ids, strict=True):
+        runs = _image_runs(ids, processor.image_token_id)
+        if len(runs) != len(feats["mm_placeholders"]["image"]):
+            raise ValueError(f"a prompt holds {len(runs)} image placeholder runs for "
+                             f"{len(feats['mm_placeholders']['image'])} images")
+        placed.append({**feats, "mm_placeholders": {**feats["mm_placeholders"], "image": runs}})
+    out = client.generate(prompts=prompt_ids, features=placed, n=n, max_tokens=max_new_tokens,
+                          temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
+                          top_k=(top_k or -1) if do_sample else -1, min_p=0.0, repetition_penalty=1.0)
+    tok = processor.tokenizer
+    eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None}
+    flat = []
+    for ids in out["completion_ids"]:
+        end = next((i for i, t in enumerate(ids) if t in eos), None)
+        flat.append({"text": tok.decode(ids, skip_special_tokens=True), "length": len(ids) if end is None else end + 1,
+                     "truncated": end is None})
+    return [flat[i * n:(i + 1) * n] for i in range(len(rows))]
