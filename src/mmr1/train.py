@@ -133,7 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
     # The pads vLLM expands against each image or video itself (mmr1.rollout.vllm_engine: trl#6294).
     placeholders = {processor.image_token_id, processor.video_token_id} - {None}
-    with colocate_engine(cfg, placeholders) if colocate else nullcontext():  # dtype, eager, KV cache: settings TRL does not pass
+    # dtype, eager, KV cache, image limits, unexpanded prompts: what TRL does not give the engine.
+    with colocate_engine(cfg, placeholders) if colocate else nullcontext():
         trainer = Mmr1GRPOTrainer(
             model=model,
             banned_token_ids=set(vision.values()),

@@ -31,7 +31,8 @@ def test_seed_experiments_on_one_8_gpu_node(experiment, tmp_path):
     scmd = server["command"]
     assert scmd[1] == "-m" and scmd[3] == "serve"  # vLLM's own server, as TRL 1.16 builds its line
     assert arg(scmd, "--data-parallel-size") == "2" and arg(scmd, "--gpu-memory-utilization") == "0.6"
-    assert server["env"] == {"CUDA_VISIBLE_DEVICES": "6,7", "VLLM_SERVER_DEV_MODE": "1"} and server["gpus"] == ["6", "7"]
+    assert server["env"] == {"CUDA_VISIBLE_DEVICES": "6,7", "VLLM_SERVER_DEV_MODE": "1"}
+    assert server["gpus"] == ["6", "7"]
     assert server["ports"]["http"] == 8000
     # openr1_mm carries the seed's MASTER_PORT=29600.
     assert plan["master_port"] == (29600 if experiment == "openr1_mm" else 29500)

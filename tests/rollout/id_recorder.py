@@ -1,5 +1,6 @@
-"""Reward plugins for the rollout tests. `record_completion_ids` records what the trainer trains on: every completion's token ids, one JSON list a line,
-appended to $MMR1_TEST_COMPLETION_IDS. It pays 0 (run with reward.all_zero_patience=0).
+"""Reward plugins for the rollout tests. `record_completion_ids` records what the trainer trains on: every
+completion's token ids, one JSON list a line, appended to $MMR1_TEST_COMPLETION_IDS. It pays 0 (run with
+reward.all_zero_patience=0).
 
 Loaded by path through `reward.plugins`; not collected by pytest (no `test_` prefix)."""
 

@@ -49,7 +49,7 @@ def test_vllm_samples_from_the_weights_just_trained(train_type, tmp_path):
     run_cli([*AGREEMENT, f"model.train_type={train_type}", *lr, f"hydra.run.dir={tmp_path / 'synced'}"], timeout=900)
     synced = _differences(tmp_path / "synced")
     for step, (mean, worst) in enumerate(synced, 1):
-        assert mean < 2e-6 and worst < 5e-5, f"step {step}: vLLM and the trainer disagree by {mean:.2e} (max {worst:.2e})"
+        assert mean < 2e-6 and worst < 5e-5, f"step {step}: vLLM and the trainer differ by {mean:.2e} (max {worst:.2e})"
     # The control: the same run with the sync disabled samples from the initial weights while the trainer moves.
     proc = subprocess.run([sys.executable, str(NO_SYNC), *AGREEMENT, *lr, f"hydra.run.dir={tmp_path / 'frozen'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=900,

@@ -24,7 +24,8 @@ def _version(name: str, _real=importlib.metadata.version) -> str:
 
 def main() -> None:
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-    importlib.metadata.version = _version  # the CLI's one lookup; restored never: this process is the server
+    # The CLI's one lookup; never restored: this process is the server.
+    importlib.metadata.version = _version  # type: ignore[assignment]
     from vllm.entrypoints.cli.main import main as vllm_main
 
     vllm_main()
