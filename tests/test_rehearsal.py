@@ -149,3 +149,31 @@ def test_r1v_mix_rehearses_on_the_stand_ins(tmp_path):
     assert len(evals) == 1 and {f"eval_rewards/format/{t}/mean" for t in ("clevr_count", "geoqa", "openr1_mm")
                                 } <= evals[0].keys()
     assert (run_dir / "final" / "config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_clevr_count_rehearses_with_vllm_enforcing_its_context(tmp_path):
+    """`rehearsal.rollout=vllm`: the rollouts go through vLLM (its CPU build, colocate in this process), so vLLM
+    itself ends each completion at ClevrCount's `vllm_max_model_len 1024`, with the experiment's sampling settings
+    and image limits. One step (a step is ~2 min of 96 completions on 2 cores), its evaluation and checkpoint."""
+    data = write_hub_parquet(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet", "clevr_count", n=4 + 2)
+    run_dir = tmp_path / "run"
+    run_cli(["+experiment=clevr_count", "+preset=rehearsal", "rehearsal.rollout=vllm", "rehearsal.max_steps=1",
+             "dataset.source=local", f"dataset.path={data.parent.parent}", f"hydra.run.dir={run_dir}"], timeout=1800)
+    swaps = {s["setting"]: s for s in json.loads((run_dir / "rehearsal.json").read_text())}
+    assert "rollout.backend" not in swaps  # vLLM stays
+    assert (swaps["rollout.vllm_mode"]["experiment"], swaps["rollout.vllm_mode"]["rehearsal"]) == ("server", "colocate")
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 1
+    args = json.loads((run_dir / "grpo_args.json").read_text())
+    assert args["use_vllm"] is True and args["vllm_mode"] == "colocate" and args["vllm_max_model_length"] == 1024
+    (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "reward" in line
+              and "eval_reward" not in line]
+    fit = json.loads((run_dir / "preflight.json").read_text())
+    # The random tiny model never stops: vLLM ends every completion where its 1024-token context does, counting the
+    # prompt as the trainer does (each image's 187 tokens once: mmr1.rollout.vllm_engine, trl#6294).
+    assert row["completions/max_length"] == row["completions/min_length"] == 1024 - fit["longest_prompt"]
+    assert row["rollout/vision_token_cuts"] == 0
+    assert (run_dir / "checkpoint-1" / "mmr1_complete.json").exists()
+    assert len((run_dir / "eval_metrics.jsonl").read_text().splitlines()) == 1

@@ -150,10 +150,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             callbacks=[metrics_cb],
             peft_config=lora,
         )
-    if colocate and not has_accelerator():
-        from mmr1.rollout.vllm_engine import reload_weights_on_cpu
+    if colocate:
+        from mmr1.rollout.vllm_engine import sync_colocate_weights
 
-        reload_weights_on_cpu(trainer)  # vLLM's CPU build repacks its weights: TRL's per-tensor sync cannot load them
+        # vLLM's CPU build repacks its weights (TRL's per-tensor sync cannot load them); no stale vision features.
+        sync_colocate_weights(trainer, on_cpu=not has_accelerator())
     if lora is not None:
         from mmr1.models.lora import trainable_share
 

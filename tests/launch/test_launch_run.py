@@ -97,5 +97,5 @@ def test_server_lifetime_around_the_trainers(trainer_rc, tmp_path, monkeypatch):
     assert seen.read_text() == "0"  # the trainers ran after /health answered, on GPU 0 (the server on 1)
     plan = json.loads((tmp_path / "run" / "launch.json").read_text())
     assert [p["role"] for p in plan["processes"]] == ["launcher", "trainer", "rollout_server"]
-    assert plan["processes"][-1]["env"] == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert plan["processes"][-1]["env"] == {"CUDA_VISIBLE_DEVICES": "1", "VLLM_SERVER_DEV_MODE": "1"}
     assert not processes_mentioning(str(tmp_path / "server.py"))  # the server was stopped

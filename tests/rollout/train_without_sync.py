@@ -6,11 +6,11 @@ moves on. Not collected by pytest (no ``test_`` prefix)."""
 import mmr1.rollout.vllm_engine as engine
 
 
-def _no_sync(trainer):
+def _no_sync(trainer, on_cpu):
     trainer.vllm_generation.sync_weights = lambda: None
 
 
-engine.reload_weights_on_cpu = _no_sync
+engine.sync_colocate_weights = _no_sync
 
 if __name__ == "__main__":
     from mmr1.train import main

@@ -15,7 +15,7 @@ trainer's prompt ids. ``colocate_engine`` mends three things there, for the trai
   rollouts sampled from a prompt the trainer never scores (a 480x320 CLEVR image: 222 prompt tokens became 408).
   trl#6294 (open), trl#6401; the fix upstream is trl PR#6718 (open). Each run of placeholders is collapsed to one
   before vLLM sees it, and vLLM expands it back to the same N;
-- the weight sync on vLLM's CPU build (``reload_weights_on_cpu`` below).
+- the weight sync (``sync_colocate_weights`` below): on vLLM's CPU build, and the encoder cache after it.
 """
 
 from __future__ import annotations
@@ -145,41 +145,52 @@ def colocate_engine(cfg: DictConfig, placeholders: set[int]) -> Iterator[dict[st
         trl_vllm.LLM = real
 
 
-def reload_weights_on_cpu(trainer: Any) -> None:
-    """Make TRL's colocate weight sync work on vLLM's CPU build, where each sync would otherwise fail.
+def sync_colocate_weights(trainer: Any, *, on_cpu: bool) -> None:
+    """Make TRL's colocate weight sync load what was trained into vLLM, on vLLM's CPU build too, and drop the vision
+    features vLLM computed with the old weights.
 
-    After loading, vLLM's CPU build repacks every linear layer's weight for its GEMM kernels (oneDNN, or AMX) and
-    replaces the ``Parameter`` by an empty one (``vllm/model_executor/layers/utils.py``,
-    ``dispatch_cpu_unquantized_gemm(remove_weight=True)``, from ``UnquantizedLinearMethod
-    .process_weights_after_loading``). TRL 1.16's colocate sync loads tensor by tensor into the live model
-    (``VLLMGeneration.sync_weights``: ``model_runner.model.load_weights([(name, param)])``), which then stops at the
-    first merged layer: "'Parameter' object has no attribute 'weight_loader'". vLLM's own in-place reload
-    (``GPUModelRunner.reload_weights``, ``vllm/model_executor/model_loader/reload/layerwise.py``) restores each
-    layer's checkpoint layout, loads it and repacks it. This sync streams TRL's own tensors
-    (``VLLMGeneration._iter_named_params``: the DeepSpeed gather, the LoRA merge, vLLM's names) through it, then
-    repacks the embedding-backed GEMMs the reload does not touch (a tied LM head). Measured on the tiny model after
-    perturbing every weight: vLLM's log-probs against transformers' 1.2 before the sync, 9.5e-7 after.
+    - On vLLM's CPU build, after loading, every linear layer's weight is repacked for its GEMM kernels (oneDNN, or
+      AMX) and the ``Parameter`` replaced by an empty one (``vllm/model_executor/layers/utils.py``,
+      ``dispatch_cpu_unquantized_gemm(remove_weight=True)``, from ``UnquantizedLinearMethod
+      .process_weights_after_loading``). TRL 1.16's colocate sync loads tensor by tensor into the live model
+      (``VLLMGeneration.sync_weights``: ``model_runner.model.load_weights([(name, param)])``), which then stops at
+      the first merged layer: "'Parameter' object has no attribute 'weight_loader'". vLLM's own in-place reload
+      (``GPUModelRunner.reload_weights``, ``vllm/model_executor/model_loader/reload/layerwise.py``) restores each
+      layer's checkpoint layout, loads it and repacks it; TRL's own tensors (``VLLMGeneration._iter_named_params``:
+      the DeepSpeed gather, the LoRA merge, vLLM's names) go through it, then the embedding-backed GEMMs the reload
+      does not touch (a tied LM head) are repacked too. Measured on the tiny model after perturbing every weight:
+      vLLM's log-probs against transformers' 1.2 apart before the sync, 9.5e-7 after.
+    - On every build: vLLM keeps the vision tower's outputs per image (its encoder cache) across requests, and
+      TRL's sync does not reset it, so an image seen before a sync would be answered with features of the old
+      weights (on the CPU build, whose reload clears only the model runner's half, a crash: "Encoder cache miss",
+      seen in a rehearsal whose eval rows repeat a training image). ``LLMEngine.reset_encoder_cache`` ("should be
+      called when model weights are updated", ``vllm/v1/engine/llm_engine.py``) clears both halves after each sync.
     """
     gen = trainer.vllm_generation
-    for name in ("_iter_named_params", "llm"):
+    for name in ("_iter_named_params", "llm", "sync_weights"):
         if not hasattr(gen, name):
-            raise RuntimeError(f"TRL's VLLMGeneration has no {name}: mmr1.rollout.vllm_engine.reload_weights_on_cpu "
+            raise RuntimeError(f"TRL's VLLMGeneration has no {name}: mmr1.rollout.vllm_engine.sync_colocate_weights "
                                "needs updating for this TRL")
+    trl_sync = gen.sync_weights
 
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    def reload_on_cpu() -> None:
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
-    def sync_weights() -> None:
         runner = gen.llm.llm_engine.model_executor.driver_worker.model_runner
         # Copies: the reload buffers each tensor until its whole layer has arrived, and TRL's iterator changes the
         # tensors it yielded in place once it ends (the LoRA unmerge), before the last layers are loaded.
         tensors = ((name, tensor.detach().clone()) for name, tensor in gen._iter_named_params())
         runner.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         # A tied LM head (Qwen2.5-VL-3B's and the tiny model's tie_word_embeddings) loads nothing of its own, so the
-        # reload never repacks it and its GEMM keeps the old embedding; repack the embedding-backed layers here.
+        # reload never repacks it and its GEMM keeps the old embedding.
         for module in runner.model.modules():
             method = getattr(module, "quant_method", None)
             if isinstance(method, UnquantizedEmbeddingMethod):
                 method.process_weights_after_loading(module)
         gen.llm.reset_prefix_cache()
+
+    def sync_weights() -> None:
+        (reload_on_cpu if on_cpu else trl_sync)()
+        gen.llm.llm_engine.reset_encoder_cache()
 
     gen.sync_weights = sync_weights
