@@ -36,9 +36,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in th
 
 
 def _rows(n_prompts: int) -> list[dict]:
-    from testkit import compose_cfg
-
     from mmr1.data import build_datasets, resolve_pixel_limits
+    from testkit import compose_cfg
 
     cfg = compose_cfg()  # the default job
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
