@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mmr1.config.grpo_args import build_grpo_kwargs
+from mmr1.config.grpo_args import build_grpo_kwargs, checkpointing_field
 from mmr1.train import train
 from testkit import EXPERIMENTS, compose_cfg, run_cli
 
@@ -23,7 +23,8 @@ COMMON = {
     # Left to ms-swift v3.2.1's defaults by the seed (conf/recipe/ms_swift_v3_2_1.yaml cites each file:line).
     "loss_type": "bnpo", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.1,
     "lr_scheduler_type": "cosine", "top_k": 50, "top_p": 0.9, "epsilon": 0.2, "scale_rewards": "group",
-    "activation_checkpointing": True, "seed": 42, "mask_truncated_completions": False,
+    # (under the installed transformers' name for it: mmr1.config.grpo_args.checkpointing_field)
+    checkpointing_field(): True, "seed": 42, "mask_truncated_completions": False,
 }
 SEED = {
     "clevr_count": {**COMMON, "save_steps": 1000, "eval_steps": 1000, "warmup_steps": 0.01, "num_generations": 24,
@@ -87,7 +88,9 @@ def test_tiny_default_maps_trl_defaults_that_differ_from_the_seed():
     args = build_grpo_kwargs(cfg, "/tmp/x")
     # TRL's defaults: loss_type="dapo", gradient_checkpointing=True, IS correction on. The tiny job sets each.
     assert args["loss_type"] == "grpo"
-    assert args["activation_checkpointing"] is False and "gradient_checkpointing" not in args
+    # One name, the installed TrainingArguments' (activation_checkpointing where transformers renamed it).
+    names = {"activation_checkpointing", "gradient_checkpointing"} & set(args)
+    assert names == {checkpointing_field()} and args[checkpointing_field()] is False
     assert args["vllm_importance_sampling_correction"] is False
     assert args["logging_nan_inf_filter"] is False
     assert args["remove_unused_columns"] is False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmr1.config.grpo_args import build_grpo_kwargs
+from mmr1.config.grpo_args import build_grpo_kwargs, checkpointing_field
 from testkit import compose_cfg
 
 
@@ -14,7 +14,7 @@ def test_tiny_count_recipe(tmp_path):
     args = build_grpo_kwargs(cfg, tmp_path)
     expected = {"learning_rate": 1e-4, "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "grpo",
                 "per_device_train_batch_size": 32, "num_generations": 8, "max_completion_length": 24,
-                "mask_truncated_completions": True, "activation_checkpointing": False, "eval_strategy": "steps"}
+                "mask_truncated_completions": True, checkpointing_field(): False, "eval_strategy": "steps"}
     assert {k: args[k] for k in expected} == expected
     assert args["per_device_eval_batch_size"] % args["num_generations"] == 0  # eval groups fit a batch
     assert args["max_steps"] % args["eval_steps"] == 0  # the last step is evaluated too

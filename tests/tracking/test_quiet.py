@@ -40,15 +40,17 @@ def test_each_filter_lets_its_neighbours_through(message, category, module, sour
 
 
 def test_the_real_trl_call_is_silenced_and_the_property_still_works():
-    """The warning as transformers raises it, through the property TRL reads (trl/models/utils.py:136)."""
+    """The warning as transformers raises it, through the property TRL reads (trl/models/utils.py:136). Older
+    transformers (5.17, the floor environment's) had not renamed the property yet, and raise nothing to filter."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model = LlamaForCausalLM(LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=32))
+    renamed = hasattr(type(model), "is_activation_checkpointing")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        assert model.is_gradient_checkpointing is False  # unfiltered: it warns
-        assert [w.category for w in seen] == [FutureWarning]
+        assert model.is_gradient_checkpointing is False  # unfiltered: it warns where the property was renamed
+        assert [w.category for w in seen] == ([FutureWarning] if renamed else [])
         seen.clear()
         quiet.install()
         assert model.is_gradient_checkpointing is False
