@@ -134,7 +134,7 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
             vllm_enable_sleep_mode=_sleep_mode(r.enable_sleep_mode),
         )
     else:
-        # In server mode memory utilization / parallelism are arguments of `trl vllm-serve`
+        # In server mode memory utilization / parallelism are arguments of `vllm serve`
         # (mmr1.launch.vllm_server); the trainers only need to find the server.
         if r.server_base_url:
             out["vllm_server_base_url"] = r.server_base_url

@@ -89,7 +89,7 @@ class RolloutConfig:
     """Who generates the completions: TRL's own generate (hf) or TRL's vLLM integration.
 
     Mapped onto GRPOConfig's ``vllm_*`` fields by ``mmr1.config.grpo_args``; in server mode the engine
-    settings are arguments of the ``trl vllm-serve`` process that ``mmr1.launch`` starts.
+    settings are arguments of the ``vllm serve`` process that ``mmr1.launch`` starts (mmr1.launch.vllm_server).
     """
 
     # hf = transformers generate inside the trainer; vllm = TRL's vLLM integration (server|colocate).
@@ -122,7 +122,7 @@ class RolloutConfig:
     # Colocate: the KV cache in GiB (vLLM's kv_cache_memory_bytes; on a CPU what VLLM_CPU_KVCACHE_SPACE sets); null =
     # vLLM's default (a CPU: 4 GiB; a GPU: what gpu_memory_utilization leaves).
     kv_cache_gib: float | None = None
-    # Verbatim extra arguments for `trl vllm-serve` (forwarded by it to `vllm serve`).
+    # Verbatim extra arguments for `vllm serve`, after the ones TRL's builder sets.
     server_extra_args: list[str] = field(default_factory=list)
     model_impl: str = "vllm"
     enable_sleep_mode: bool = False
