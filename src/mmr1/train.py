@@ -110,17 +110,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # DeepSpeed on CPU ranks: accelerate's state on DeepSpeed's CPU accelerator (not in grpo_args.json).
     run_kwargs = {**grpo_kwargs, **cpu_state(cfg, grpo_kwargs.get("ddp_timeout", 1800))}
-    from mmr1.rollout.vision_tokens import ban_kwargs, merge_generation_kwargs, vision_token_ids
+    from mmr1.rollout.vision_tokens import banned_generation
 
     # No completion may hold a vision token (mmr1.rollout.vision_tokens): banned at sampling, by each backend's setting.
-    vision = vision_token_ids(model.config, processor)
-    if cfg.rollout.ban_vision_tokens:
-        ban = ban_kwargs(cfg.rollout.backend, vision, processor.tokenizer)
-        run_kwargs["generation_kwargs"] = merge_generation_kwargs(run_kwargs.get("generation_kwargs"), ban)
-        log.info("vision tokens banned from completions (%s): %s", next(iter(ban)), ", ".join(vision))
-    else:
-        log.warning("rollout.ban_vision_tokens=false: completions are cut before any vision token instead "
-                    "(rollout/vision_token_cuts counts them): %s", ", ".join(vision))
+    run_kwargs["generation_kwargs"], vision_ids = banned_generation(cfg.rollout.backend, cfg.rollout.ban_vision_tokens,
+                                                                    model.config, processor,
+                                                                    run_kwargs.get("generation_kwargs"))
     metrics_cb = MetricsJsonlCallback(run_dir)
     if data.stats.get("skipped"):
         metrics_cb.extra["data/skipped_rows"] = data.stats["skipped"]
@@ -131,13 +126,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mmr1.rollout.vllm_engine import colocate_engine
 
     colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
-    # The pads vLLM expands against each image or video itself (mmr1.rollout.vllm_engine: trl#6294).
-    placeholders = {processor.image_token_id, processor.video_token_id} - {None}
     # dtype, eager, KV cache, image limits, unexpanded prompts: what TRL does not give the engine.
-    with colocate_engine(cfg, placeholders) if colocate else nullcontext():
+    with colocate_engine(cfg, processor) if colocate else nullcontext():
         trainer = Mmr1GRPOTrainer(
             model=model,
-            banned_token_ids=set(vision.values()),
+            banned_token_ids=vision_ids,
             context_length=context,  # completions end where the rollout context does, on every backend
             # Zero-variance groups dropped and refilled (mmr1.dynamic_sampling); off by default.
             dynamic_sampling=cfg.trainer.dynamic_sampling,

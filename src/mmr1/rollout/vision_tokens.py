@@ -25,8 +25,11 @@ write vision tokens); on the random tiny model (5 vision tokens of ~920, ~0.6 % 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
+
+log = logging.getLogger("mmr1.rollout")
 
 # Words that name a vision placeholder in a config attribute (``image_token_id``) or a special token
 # (``<|vision_pad|>``). Boxes, quads and object refs are text the model may write.
@@ -102,6 +105,20 @@ def merge_generation_kwargs(user: Mapping[str, Any] | None, ban: Mapping[str, An
         mine = list(out.get(key) or [])
         out[key] = mine + [v for v in values if v not in mine]
     return out
+
+
+def banned_generation(backend: str, ban: bool, config: Any, processor: Any,
+                      generation_kwargs: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, set[int]]:
+    """A run's ``GRPOConfig.generation_kwargs`` with the vision tokens banned under ``backend`` (as given with
+    ``ban`` false: ``rollout.ban_vision_tokens``), and the ids the trainer's last-line cut watches for either way."""
+    tokens = vision_token_ids(config, processor)
+    if not ban:
+        log.warning("rollout.ban_vision_tokens=false: completions are cut before any vision token instead "
+                    "(rollout/vision_token_cuts counts them): %s", ", ".join(tokens))
+        return (dict(generation_kwargs) if generation_kwargs is not None else None), set(tokens.values())
+    kwargs = ban_kwargs(backend, tokens, processor.tokenizer)
+    log.info("vision tokens banned from completions (%s): %s", next(iter(kwargs)), ", ".join(tokens))
+    return merge_generation_kwargs(generation_kwargs, kwargs), set(tokens.values())
 
 
 def cut_at_vision_tokens(completion_ids: list[list[int]], logprobs: list | None, banned: set[int],

@@ -107,10 +107,10 @@ def collapse_placeholders(prompt_ids: list[int], placeholders: set[int]) -> list
 
 
 @contextlib.contextmanager
-def colocate_engine(cfg: DictConfig, placeholders: set[int]) -> Iterator[dict[str, Any]]:
+def colocate_engine(cfg: DictConfig, processor: Any) -> Iterator[dict[str, Any]]:
     """While the trainer is constructed: TRL's colocate ``LLM(...)`` call gets ``engine_options`` on top of its own,
-    and the engine it returns collapses each prompt's runs of ``placeholders`` (the image / video pad ids) in the
-    prompts that carry images or videos, before vLLM expands them itself.
+    and the engine it returns collapses each prompt's runs of placeholders (the processor's image / video pad ids)
+    in the prompts that carry images or videos, before vLLM expands them itself.
 
     TRL calls ``LLM`` through its module's global name (``trl.generation.vllm_generation.LLM``); that name is
     wrapped here and restored on exit, whatever happens. A TRL without that name fails here, naming it.
@@ -121,6 +121,8 @@ def colocate_engine(cfg: DictConfig, placeholders: set[int]) -> Iterator[dict[st
         raise RuntimeError("trl.generation.vllm_generation has no LLM: this TRL builds its colocate engine "
                            "elsewhere; mmr1.rollout.vllm_engine.colocate_engine needs updating")
     options = engine_options(cfg)
+    placeholders: set[int] = {int(t) for t in (getattr(processor, "image_token_id", None),
+                                               getattr(processor, "video_token_id", None)) if t is not None}
     real = trl_vllm.LLM
 
     def llm(*args: Any, **kwargs: Any) -> Any:
