@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from data.data_fixtures import write_hub_parquet
 from mmr1.launch.layout import resolve_layout
 from mmr1.rehearsal import apply_rehearsal
-from testkit import EXPERIMENTS, compose_cfg, run_cli
+from testkit import EXPERIMENTS, changed_parts, compose_cfg, run_cli
 
 # The seed's generation batch per optimizer step: 6 ranks x 8 x 2 accumulation = 96 completions.
 SEED_BATCH = {"clevr_count": (4, 24), "geoqa": (12, 8), "openr1_mm": (12, 8)}  # prompts x num_generations
@@ -105,6 +105,10 @@ def test_seed_experiment_rehearses_on_hub_schema_files(experiment, tmp_path):
     assert len(evals) == 1 and evals[0]["step"] == 2
     assert (run_dir / "checkpoint-2" / "mmr1_complete.json").exists()
     assert (run_dir / "final" / "config.json").exists()
+    # --train_type full as ms-swift v3.2.1 ran it: the vision tower and merger frozen (freeze_vit/freeze_aligner),
+    # bit-identical after training; the language model moved (weight decay 0.1 alone moves it at lr 1e-6).
+    assert changed_parts(info["model_path"], run_dir / "final") == {
+        "language_model": True, "vision_tower": False, "aligner": False}
 
     fit = json.loads((run_dir / "preflight.json").read_text())
     if experiment == "clevr_count":
@@ -176,4 +180,7 @@ def test_clevr_count_rehearses_with_vllm_enforcing_its_context(tmp_path):
     assert row["completions/max_length"] == row["completions/min_length"] == 1024 - fit["longest_prompt"]
     assert row["rollout/vision_token_cuts"] == 0
     assert (run_dir / "checkpoint-1" / "mmr1_complete.json").exists()
+    # The seed's frozen vision tower stays frozen with vLLM's weight sync in the loop.
+    assert changed_parts(info["model_path"], run_dir / "final") == {
+        "language_model": True, "vision_tower": False, "aligner": False}
     assert len((run_dir / "eval_metrics.jsonl").read_text().splitlines()) == 1

@@ -47,3 +47,27 @@ def run_cli(args: list[str], *, module: str = "mmr1.train", env: dict | None = N
         raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def changed_parts(start: str | Path, final: str | Path) -> dict[str, bool]:
+    """Which parts (mmr1.models.parts: language_model, vision_tower, aligner) of the model saved at ``final`` differ
+    from the one at ``start``, bit for bit: every tensor of a part compared."""
+    from safetensors.torch import load_file
+
+    from mmr1.models.parts import VISION_PREFIXES, first_prefix, part_of
+
+    def weights(folder) -> dict:
+        out: dict = {}
+        for f in sorted(Path(folder).glob("*.safetensors")):
+            out.update(load_file(str(f)))
+        return out
+
+    a, b = weights(start), weights(final)
+    assert a and set(a) == set(b), f"{start} and {final} hold different tensors"
+    modules = {n.rsplit(".", i)[0] for n in a for i in range(1, n.count(".") + 1)}
+    vision = first_prefix(modules, VISION_PREFIXES)
+    changed: dict[str, bool] = {}
+    for name in a:
+        part = part_of(name, vision)
+        changed[part] = changed.get(part, False) or not bool((a[name] == b[name]).all())
+    return changed

@@ -103,6 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_path = policy.path
     model = load_model(model_path, cfg.model)
     from mmr1.models.lora import peft_config
+    from mmr1.models.parts import apply_freeze
+
+    apply_freeze(model, cfg.model)  # full: the seed froze the vision tower and merger (before the optimizer exists)
 
     lora = peft_config(cfg.model, model)  # None for train_type=full; TRL wraps the model (mmr1.models.lora)
 

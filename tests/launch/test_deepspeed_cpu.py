@@ -25,6 +25,8 @@ RECIPE = ["model.warmstart.enabled=false", "dataset.num_samples=4", "trainer.per
           "trainer.num_generations=4", "trainer.max_completion_length=8", "trainer.mask_truncated_completions=false",
           "reward.funcs=[hash_reward]", f"reward.plugins=[{PLUGINS}]", "trainer.max_steps=4", "trainer.save_steps=2",
           "trainer.save_total_limit=2"]
+# ZeRO-3 as the seed ran it: the vision tower and merger frozen (ms-swift v3.2.1's freeze_vit/freeze_aligner).
+ZERO3 = ["deepspeed=zero3", "model.freeze_vision_tower=true", "model.freeze_aligner=true"]
 ENV = {"NPROC_PER_NODE": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 
@@ -70,7 +72,7 @@ def _same_rows(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def zero3_straight(tmp_path_factory):
     run = tmp_path_factory.mktemp("z3") / "straight"
-    _cli(["deepspeed=zero3", *RECIPE], run)
+    _cli([*ZERO3, *RECIPE], run)
     return run
 
 
@@ -90,6 +92,21 @@ def test_zero_trains_on_two_cpu_ranks_and_saves_deepspeed_checkpoints(stage, tmp
     marker = json.loads((ckpt / MARKER).read_text())
     assert f"global_step4/{per_rank.format(1)}" in marker["files"]  # the marker covers DeepSpeed's files
     assert (ckpt / "latest").read_text().strip() == "global_step4"
+    if stage == 3:
+        # The frozen parts: no fp32 master weights or Adam states in DeepSpeed's partitions (exactly the language
+        # model's parameters over the two ranks), and bit-identical in final/ while the language model moved.
+        import torch
+
+        from mmr1.launch.memory import arch_from_config, model_config
+        from testkit import changed_parts
+
+        flat = [torch.load(ckpt / "global_step4" / per_rank.format(r), map_location="cpu", weights_only=False)
+                ["optimizer_state_dict"]["fp32_flat_groups"] for r in (0, 1)]
+        assert sum(t.numel() for groups in flat for t in groups) == arch_from_config(
+            model_config("tiny_qwen2_5_vl")).n_params_text
+        start = json.loads((run / "run_info.json").read_text())["model_path"]
+        assert changed_parts(start, run / "final") == {"language_model": True, "vision_tower": False,
+                                                       "aligner": False}
     # final/: one gathered model.safetensors that transformers loads as it is
     from transformers import AutoModelForImageTextToText
 
@@ -98,7 +115,7 @@ def test_zero_trains_on_two_cpu_ranks_and_saves_deepspeed_checkpoints(stage, tmp
 
 def test_zero3_resume_after_kill_is_exact(zero3_straight, tmp_path):
     run, sentinel = tmp_path / "run", tmp_path / "in_step_4"
-    args = ["deepspeed=zero3", *RECIPE, f"hydra.run.dir={run}"]
+    args = [*ZERO3, *RECIPE, f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, "-m", "mmr1.train", *args], cwd=REPO, start_new_session=True,
                             env=_env(MMR1_TEST_SLOW_FROM="3", MMR1_TEST_SLOW_S="600", MMR1_TEST_SENTINEL=str(sentinel)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,7 +131,7 @@ def test_zero3_resume_after_kill_is_exact(zero3_straight, tmp_path):
     for p in processes_mentioning(str(run)):
         p.kill()
     assert (run / "checkpoint-2" / MARKER).exists() and not (run / "checkpoint-4" / MARKER).exists()
-    log = _cli(["deepspeed=zero3", *RECIPE], run).stdout
+    log = _cli([*ZERO3, *RECIPE], run).stdout
     assert "continuing from" in log and "checkpoint-2" in log
     resumed, straight = _rows(run), _rows(zero3_straight)
     assert sorted(resumed) == [1, 2, 3, 4]
@@ -124,7 +141,7 @@ def test_zero3_resume_after_kill_is_exact(zero3_straight, tmp_path):
 
 def test_zero3_guard_rolls_back_then_gives_up_on_the_last_good_weights(tmp_path):
     run = tmp_path / "run"
-    args = ["deepspeed=zero3", *[o for o in RECIPE if not o.startswith(("reward.funcs=", "trainer.max_steps="))],
+    args = [*ZERO3, *[o for o in RECIPE if not o.startswith(("reward.funcs=", "trainer.max_steps="))],
             "reward.funcs=[collapse_reward]", "trainer.scale_rewards=none", "trainer.max_steps=8",
             "guard.min_history=2", "guard.window=4", "guard.patience=2", "guard.max_rollbacks=1"]
     _cli(args, run, MMR1_TEST_COLLAPSE_AT="4")

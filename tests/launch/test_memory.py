@@ -143,7 +143,39 @@ def test_count_matches_transformers_on_meta_device():
     config = Qwen2_5_VLConfig(**{k: v for k, v in QWEN2_5_VL_3B.items() if k != "model_type"})
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
-    assert sum(p.numel() for p in model.parameters()) == arch_from_config(QWEN2_5_VL_3B).n_params
+    arch = arch_from_config(QWEN2_5_VL_3B)
+    assert sum(p.numel() for p in model.parameters()) == arch.n_params
+    # Per part, as mmr1.models.parts splits (and freezes) the real module tree: the seed's frozen share.
+    from mmr1.models.parts import freeze_parts
+
+    counts = freeze_parts(model, freeze_vision_tower=True, freeze_aligner=True)
+    assert counts == {"language_model": (arch.n_params_text,) * 2,
+                      "vision_tower": (arch.n_params_vision - arch.n_params_aligner, 0),
+                      "aligner": (arch.n_params_aligner, 0)}
+
+
+def test_frozen_vision_trains_only_the_language_model():
+    """The seed's recipe freezes the tower and merger (ms-swift v3.2.1 freeze_vit/freeze_aligner): gradients and
+    Adam states for the language model only, no vision activations kept for the backward; the dry-run line says so."""
+    from mmr1.launch.memory import format_estimate
+
+    seed = _est(["+experiment=geoqa"])
+    trained = _est(["+experiment=geoqa", "model.freeze_vision_tower=false", "model.freeze_aligner=false"])
+    merger = _est(["+experiment=geoqa", "model.freeze_aligner=false"])
+    arch = arch_from_config(QWEN2_5_VL_3B)
+    assert seed["n_trainable"] == arch.n_params_text and trained["n_trainable"] == arch.n_params
+    assert merger["n_trainable"] == arch.n_params_text + arch.n_params_aligner
+    b_seed, b_all = seed["trainer_gpu_bytes"], trained["trainer_gpu_bytes"]
+    assert b_seed["weights"] == b_all["weights"] and b_seed["reference"] == b_all["reference"]
+    ratio = arch.n_params_text / arch.n_params
+    for part in ("gradients", "optimizer"):
+        assert b_seed[part] == pytest.approx(b_all[part] * ratio)
+    vision = [e["activations_gb"]["vision"] for e in (seed, merger, trained)]
+    assert vision[0] == 0 < vision[1] < vision[2]
+    line = next(x for x in format_estimate(seed).splitlines() if "parameters:" in x)
+    assert "language model 3.09B trains" in line and "vision tower 631.98M frozen" in line
+    assert "aligner 36.71M frozen" in line and "3.09B of 3.75B train" in line
+    assert "vision tower 631.98M trains" in format_estimate(trained)
 
 
 def test_tiny_count_matches_the_built_model():
@@ -175,9 +207,12 @@ def test_seed_layout_fits_80_gb():
     est = _est(["+experiment=geoqa"])
     p, c = est["plan"], est["trainer_gpu_gb"]
     assert (p["image_tokens"], p["completion_tokens"], p["seq_len"]) == (512, 1024, 256 + 512 + 1024)
-    # ZeRO-3 over 6: (2 + 2 + 12) bytes x 3.75B / 6 = 10 GB of model states, the reference 1/6 of 7.5 GB.
-    assert c["weights"] == c["gradients"] == c["reference"] == pytest.approx(3_754_622_976 * 2 / 6 / GB, abs=1e-3)
-    assert c["optimizer"] == pytest.approx(3_754_622_976 * 12 / 6 / GB, abs=1e-3)
+    # ZeRO-3 over 6: 2 bytes x 3.75B / 6 of weights, the reference alike; the seed froze the vision tower and merger
+    # (recipe: model.freeze_*), so gradients (2) and Adam (12 bytes) for the language model's 3.09B only.
+    lm = arch_from_config(QWEN2_5_VL_3B).n_params_text
+    assert c["weights"] == c["reference"] == pytest.approx(3_754_622_976 * 2 / 6 / GB, abs=1e-3)
+    assert c["gradients"] == pytest.approx(lm * 2 / 6 / GB, abs=1e-3)
+    assert c["optimizer"] == pytest.approx(lm * 12 / 6 / GB, abs=1e-3)
     assert est["fits"] and 10 < est["peak_gb"] < 40
     print("\n" + format_estimate(est))
 
@@ -222,8 +257,9 @@ def test_gradient_checkpointing_lowers_activations():
 
 
 def test_more_pixels_more_activations():
-    small = _est(["+experiment=geoqa", "model.max_pixels=200704"])
-    large = _est(["+experiment=geoqa", "model.max_pixels=802816"])
+    # The vision tower trained (the seed's is frozen and keeps no activations: test_frozen_vision_...).
+    small = _est(["+experiment=geoqa", "model.max_pixels=200704", "model.freeze_vision_tower=false"])
+    large = _est(["+experiment=geoqa", "model.max_pixels=802816", "model.freeze_vision_tower=false"])
     assert small["plan"]["image_tokens"] == 256 and large["plan"]["image_tokens"] == 1024
     assert small["trainer_gpu_gb"]["activations"] < large["trainer_gpu_gb"]["activations"]
     assert small["activations_gb"]["vision"] < large["activations_gb"]["vision"]

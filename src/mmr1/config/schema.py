@@ -73,6 +73,13 @@ class ModelConfig:
     attn_implementation: str | None = None  # e.g. flash_attention_2 where installed
     train_type: str = "full"  # full (the seed's) | lora | qlora (settings: model.lora)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Full fine-tuning only (mmr1.models.parts): freeze the vision tower (without its aligner) and the aligner
+    # (Qwen's patch merger). ms-swift v3.2.1 freezes both by default (freeze_vit / freeze_aligner,
+    # swift/llm/argument/tuner_args.py:107-108), so the seed's recipe sets both true; the embedded default trains
+    # every part (its measured learning curves are with the tower trained). Under lora/qlora peft freezes the base
+    # and model.lora.vision_tower decides the vision adapters.
+    freeze_vision_tower: bool = False
+    freeze_aligner: bool = False
     # One image-resolution setting for trainer and rollout; None = the processor's default (Qwen: 3136 to
     # 12845056 pixels, or the MIN_PIXELS/MAX_PIXELS env vars the seed sets). 50176 = 224x224, 64 image tokens
     # at most: a tiny model, tiny images (its counting scenes are 84x84 = 9 tokens).

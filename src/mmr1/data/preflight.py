@@ -2,11 +2,15 @@
 
 A prompt's length is its rendered chat template's text tokens plus the image tokens of *its own* resized
 images (``image_tokens``, written by ``build_datasets``: the sum over a row's images), not a worst case at
-``max_pixels``: a 480x320 CLEVR picture costs 204 tokens whatever ``max_pixels`` allows, two of them 408.
-Two bounds, as the seed had them:
+``max_pixels``: a 480x320 CLEVR picture (resized to 476x308, 17x11 merged patches) costs 187 tokens whatever
+``max_pixels`` allows, two of them 374. Two bounds, as the seed had them:
 
-- ``trainer.max_length`` bounds the prompt (ms-swift v3.2.1 GRPO checks ``--max_length`` on the prompt
-  encode, swift/trainers/rlhf_trainer/grpo_trainer.py:424-435; completions are bounded separately);
+- ``trainer.max_length`` bounds the prompt (ms-swift v3.2.1 GRPO checks ``--max_length`` on the vLLM-mode
+  prompt encode, swift/llm/infer/infer_engine/vllm_engine.py:408-411 -> swift/llm/template/base.py:826-841,
+  and would cut an over-long prompt from the left; the training re-encode runs with max_length=None,
+  swift/trainers/rlhf_trainer/grpo_trainer.py:424-435; completions are bounded separately). v3.2.1's vLLM-mode
+  encode counts ONE placeholder per image (it skips the image-token expansion, base.py:300-303); this
+  pre-flight counts the expanded image tokens, so it is stricter;
 - the rollout context (``rollout.max_model_len``) bounds prompt + completion: a prompt must leave room for
   at least one token, and completions are cut at ``context - prompt`` (mmr1.grpo_trainer), as vLLM
   stops generating at its context.

@@ -31,14 +31,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mmr1.models.parts import LANGUAGE_PREFIXES, VISION_PREFIXES, first_prefix
+
 log = logging.getLogger(__name__)
 
 TRAIN_TYPES = ("full", "lora", "qlora")
 ADAPTER_CONFIG = "adapter_config.json"
-# Where the two halves of a VLM live (transformers 5 Qwen2.5-VL: model.language_model / model.visual;
-# 4.x and other VLMs: language_model / visual / vision_tower). The first prefix present is used.
-_LANGUAGE = ("model.language_model", "language_model", "model.layers")
-_VISION = ("model.visual", "visual", "model.vision_tower", "vision_tower")
 _NEVER = ("merger", "lm_head", "embed")  # the aligner, the head and embeddings stay frozen (ms-swift's rule)
 
 
@@ -100,10 +98,6 @@ def quantization_config(model_cfg: Any) -> Any:
                               bnb_4bit_compute_dtype=getattr(torch, model_cfg.torch_dtype))
 
 
-def _prefix(names: set[str], candidates: tuple[str, ...]) -> str | None:
-    return next((c for c in candidates if c in names), None)
-
-
 def target_regex(model: Any, *, vision_tower: bool) -> str:
     """A regex peft matches against module names: the path of every linear of the language model (and of the
     vision blocks with ``vision_tower``), layer numbers generalized to ``\\d+``, ``_NEVER`` excluded. Whole
@@ -111,10 +105,11 @@ def target_regex(model: Any, *, vision_tower: bool) -> str:
     import torch
 
     names = {n for n, _ in model.named_modules()}
-    prefixes = [p for p in (_prefix(names, _LANGUAGE), _prefix(names, _VISION) if vision_tower else None) if p]
+    prefixes = [p for p in (first_prefix(names, LANGUAGE_PREFIXES),
+                            first_prefix(names, VISION_PREFIXES) if vision_tower else None) if p]
     if not prefixes:
         raise LoraSetupError(f"model.lora.target_modules=['all-linear']: {type(model).__name__} has none of the "
-                             f"language-model modules {', '.join(_LANGUAGE)}; list its module names instead")
+                             f"language-model modules {', '.join(LANGUAGE_PREFIXES)}; list its module names instead")
     paths = sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) and any(n.startswith(p + ".") for p in prefixes)
                     and not any(x in n for x in _NEVER)})

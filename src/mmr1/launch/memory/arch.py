@@ -1,8 +1,8 @@
 """Model sizes for the memory estimate: an architecture's counts from its config.json (or the known hub ones).
 
 >>> arch = arch_from_config(QWEN2_5_VL_3B)
->>> arch.n_params, arch.n_params_vision
-(3754622976, 668684288)
+>>> arch.n_params, arch.n_params_vision, arch.n_params_aligner
+(3754622976, 668684288, 36708608)
 """
 
 from __future__ import annotations
@@ -107,13 +107,19 @@ class Arch:
         return (3 * h * h + 3 * h) + (h * h + h) + 2 * (h * i + i) + (i * h + h) + 2 * h
 
     @property
-    def n_params_vision(self) -> int:
+    def n_params_aligner(self) -> int:
+        """The patch merger (ms-swift's 'aligner'): ln_q, Linear(4 vh, 4 vh), GELU, Linear(4 vh, out)."""
         if not self.v_depth:
             return 0
         h, m2 = self.v_hidden, self.merge**2
-        patch_embed = self.patch_values * h  # Conv3d without bias
-        merger = h + (h * m2) ** 2 + h * m2 + h * m2 * self.v_out + self.v_out  # ln_q, Linear, GELU, Linear
-        return patch_embed + self.v_depth * self.block_params + merger
+        return h + (h * m2) ** 2 + h * m2 + h * m2 * self.v_out + self.v_out
+
+    @property
+    def n_params_vision(self) -> int:
+        """The whole vision module: patch embedding (Conv3d without bias), blocks and the merger."""
+        if not self.v_depth:
+            return 0
+        return self.patch_values * self.v_hidden + self.v_depth * self.block_params + self.n_params_aligner
 
     @property
     def n_params(self) -> int:

@@ -55,6 +55,12 @@ def _vision_backward_bytes(arch: Arch, a: int) -> int:
     return 3 * a * arch.v_intermediate + 4 * a * arch.v_hidden
 
 
+def frozen_params(p: Plan) -> int:
+    """Parameters a full fine-tune keeps frozen: the vision tower and/or its aligner (mmr1.models.parts)."""
+    tower = p.arch.n_params_vision - p.arch.n_params_aligner
+    return (0 if p.vision_trains else tower) + (0 if p.aligner_trains else p.arch.n_params_aligner)
+
+
 def estimate_plan(p: Plan) -> dict[str, Any]:
     """The estimate for a ``Plan`` (bytes converted to GB at the end); see ``estimate_memory``."""
     arch, n, w, a = p.arch, p.n_params, p.world, p.act_bytes
@@ -69,7 +75,7 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     pb = p.param_bytes
     # LoRA: gradients and Adam states for the adapters only, the base weights frozen (4-bit under qlora, where
     # bitsandbytes quantizes the linear layers and leaves the embeddings and norms 16-bit); t = what trains.
-    t = n if p.trainable is None else p.trainable
+    t = n - frozen_params(p) if p.trainable is None else p.trainable
     base = float(n * pb)
     if p.base_linear_bytes:
         embed = arch.vocab * arch.hidden * (1 if arch.tied else 2)
@@ -124,7 +130,13 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     text_misc = tokens * h * (FP32 + a) + 2 * tokens * arch.head_dim * FP32 + b * s * s
     patches = b * p.image_tokens * arch.merge**2
     vision_kept = vision_peak = 0.0
-    if arch.v_depth and patches:
+    # A frozen tower (full fine-tuning with model.freeze_vision_tower) runs without autograd: its pixel_values
+    # need no gradient, so it keeps nothing for the backward; a frozen merger behind it keeps nothing either.
+    vision_grad = p.vision_trains or p.trainable is not None
+    if arch.v_depth and patches and not vision_grad and p.aligner_trains:
+        vh = arch.v_hidden
+        vision_kept = patches * vh * (FP32 + a) + patches * vh * 3 * a  # the merger's RMSNorm and MLP only
+    elif arch.v_depth and patches and vision_grad:
         vh, block, block_bwd = arch.v_hidden, _vision_block_bytes(arch, a), _vision_backward_bytes(arch, a)
         if p.gradient_checkpointing:  # Qwen2_5_VLVisionBlock is a GradientCheckpointingLayer too
             vision_kept = arch.v_depth * patches * vh * a
@@ -227,6 +239,7 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     plan.pop("arch")
     return {
         "n_params": n, "n_params_text": arch.n_params_text, "n_params_vision": arch.n_params_vision,
+        "n_params_aligner": arch.n_params_aligner, "n_trainable": t,
         "plan": plan,
         "trainer_gpu_gb": components,
         "trainer_gpu_bytes": {k: int(v) for k, v in raw.items()},

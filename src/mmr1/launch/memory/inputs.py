@@ -51,6 +51,10 @@ class Plan:
     # LoRA/QLoRA (model.train_type): the adapters' parameter count (None = full fine-tuning: all n_params train),
     # and bytes per frozen base weight of the linear layers (0 = param_bytes; qlora: 4-bit NF4 + its constants).
     trainable: int | None = None
+    # Full fine-tuning (model.freeze_vision_tower / freeze_aligner, mmr1.models.parts): whether the vision tower
+    # (patch embedding + blocks) and its aligner (the merger) train; frozen parts keep weights, no grads or Adam.
+    vision_trains: bool = True
+    aligner_trains: bool = True
     base_linear_bytes: float = 0.0
     adapter_act_bytes: int = 0  # per token and decoder layer: what the LoRA layers keep for their backward
     allgather_bucket: float = 2e8
@@ -168,6 +172,7 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
         adapter_act_bytes = 7 * int(lora.r) * act_bytes
         if float(lora.dropout) > 0:
             adapter_act_bytes += (6 * arch.hidden + arch.intermediate) * (act_bytes + 1)
+    full = cfg.model.train_type == "full"
     if r.backend == "vllm":
         rollout = "vllm_server" if r.vllm_mode == "server" else "vllm_colocate"
     else:
@@ -184,6 +189,8 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
         server_gpus=int(r.server_gpus), vllm_tp=int(r.tensor_parallel_size),
         gather_for_generation=bool(ds.get("gather_for_generation", True)), allgather_bucket=allgather_bucket,
         reduce_bucket=reduce_bucket, gpu_memory_gb=float(gpu_memory_gb), trainable=trainable,
+        vision_trains=not (full and bool(cfg.model.get("freeze_vision_tower", False))),
+        aligner_trains=not (full and bool(cfg.model.get("freeze_aligner", False))),
         base_linear_bytes=base_linear_bytes, adapter_act_bytes=adapter_act_bytes,
     )
     if cfg.launcher.nproc_per_node is None and "NPROC_PER_NODE" not in env and world_size is None:

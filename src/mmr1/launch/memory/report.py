@@ -16,6 +16,22 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
+def _parts_line(est: dict[str, Any]) -> list[str]:
+    """Full fine-tuning: parameters and what trains, per part (the seed froze the vision tower and merger)."""
+    p = est["plan"]
+    if p["trainable"] is not None:  # LoRA: the header gives the adapters' count
+        return []
+    from mmr1.models.parts import describe
+
+    aligner, vision = est["n_params_aligner"], est["n_params_vision"]
+    counts = {"language_model": (est["n_params_text"], est["n_params_text"]),
+              "vision_tower": (vision - aligner, (vision - aligner) if p["vision_trains"] else 0),
+              "aligner": (aligner, aligner if p["aligner_trains"] else 0)}
+    frozen = [k for k, on in (("model.freeze_vision_tower", not p["vision_trains"]),
+                              ("model.freeze_aligner", not p["aligner_trains"])) if on]
+    return [f"  parameters: {describe(counts)}" + (f" ({', '.join(frozen)})" if frozen else "")]
+
+
 def format_estimate(est: dict[str, Any]) -> str:
     """A few lines for the dry run: GB per trainer GPU by component, the peak, and whether it fits."""
     p, c, act = est["plan"], est["trainer_gpu_gb"], est["activations_gb"]
@@ -30,6 +46,7 @@ def format_estimate(est: dict[str, Any]) -> str:
         f"weights; {est.get('model', '?')}, {_count(est['n_params'])} params"
         + (f", {_count(p['trainable'])} trainable ({100 * p['trainable'] / est['n_params']:.2f}%, LoRA"
            + (", 4-bit base" if p["base_linear_bytes"] else "") + ")" if p["trainable"] is not None else "") + "):",
+        *_parts_line(est),
         "  " + " | ".join(f"{k.replace('_', ' ')} {_fmt(c[k])}" for k in
                           ("weights", "gradients", "optimizer", "reference", "zero_buffers", "overhead")),
         f"  activations {_fmt(c['activations'])} GB ({gc}; micro-batch {p['micro_batch']} x {p['seq_len']} tokens "
