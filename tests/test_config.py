@@ -151,3 +151,17 @@ def test_evaluate_schema_is_the_training_schema_plus_eval():
             compose("evaluate", overrides=["run_dir=/tmp/mmr1-unused", "eval.limt=3"])
         train_cfg = compose("train", overrides=["run_dir=/tmp/mmr1-unused"])
     assert "eval" not in train_cfg and cfg.optimizer == train_cfg.optimizer
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_seed_experiments_keep_ms_swift_v3_2_1_grpo_settings(experiment):
+    """ms-swift v3.2.1: the vision tower and merger frozen for a full fine-tune (tuner_args.py:107-108), ZeRO-3's
+    prefetch bucket 0 under GRPO (rlhf_args.py:193-196); the embedded default keeps both as they were."""
+    from mmr1.launch.deepspeed import deepspeed_config
+
+    cfg, default = compose_cfg([f"+experiment={experiment}"]), compose_cfg([])
+    assert cfg.model.freeze_vision_tower and cfg.model.freeze_aligner and cfg.model.train_type == "full"
+    assert not default.model.freeze_vision_tower and not default.model.freeze_aligner
+    assert deepspeed_config(cfg.deepspeed)["zero_optimization"]["stage3_prefetch_bucket_size"] == 0
+    assert deepspeed_config(compose_cfg(["deepspeed=zero3"]).deepspeed)["zero_optimization"][
+        "stage3_prefetch_bucket_size"] == "auto"
