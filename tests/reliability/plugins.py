@@ -63,3 +63,13 @@ def collapse_reward(completions, **kwargs):
     if step >= at and not healed:
         return [0.0 if _u(_text(c)) < 0.5 else -20.0 for c in completions]
     return [0.5 + 0.5 * _u(_text(c)) for c in completions]
+
+
+# `task_reward`: pays each row by the task it came from (the mixture's `task` column), so that per-task means are
+# distinguishable and a mislabelled row shows: synthetic_count 0.25, synthetic_geoqa 0.5, synthetic_chart 0.75.
+TASK_PAY = {"synthetic_count": 0.25, "synthetic_geoqa": 0.5, "synthetic_chart": 0.75}
+
+
+@register("task_reward", isolate=False, pure=True)
+def task_reward(completions, task=None, **kwargs):
+    return [TASK_PAY.get(t, 0.0) for t in (task or [None] * len(completions))]

@@ -69,7 +69,9 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
         proc.kill()
         proc.communicate()
         pytest.fail("the second SIGINT did not stop the run")
-    assert time.monotonic() - second < 100
+    # "At once": the stop path neither waits for the step's reward (120 s) nor for a reward deadline or a checkpoint;
+    # what is left is tearing down the process and its reward workers (a few seconds on a loaded 2-core machine).
+    assert time.monotonic() - second < 30
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert "second SIGINT: stopping now, without a checkpoint" in (run / "train.log").read_text()
     assert "Resume with:" not in out and not (run / "checkpoint-3").exists()
