@@ -28,6 +28,12 @@ def audit_test_pays_none(completions, **kwargs):
     return [0.0] * len(completions)
 
 
+@register("audit_test_pays_half_to_no_tags", isolate=False, columns=(), pure=True)
+def audit_test_pays_half_to_no_tags(completions, **kwargs):
+    """Partial credit for a bare answer: 0.5 to a completion without tags, 0 otherwise."""
+    return [0.0 if "<" in (c if isinstance(c, str) else c[0]["content"]) else 0.5 for c in completions]
+
+
 @pytest.mark.parametrize("solution, gold, forms", [
     ("<answer> 70° </answer>", "70°", {"gold_no_unit", "gold_latex", "gold_words"}),
     ("<think>Apples 9, pears 3.</think>\n\n<answer>apples</answer>", "apples", {"gold_latex"}),
@@ -77,6 +83,10 @@ def test_flags_follow_what_a_reward_pays():
     assert paid == {r["probe"] for r in records if r["kind"] == "wrong"}
     assert not any(r["flagged"] for r in records if r["reward"] == "audit_test_pays_none")
     assert all(r["missed"] for r in records if r["reward"] == "audit_test_pays_none" and r["kind"] == "right")
+    # Any pay counts, not only 1: partial credit (0.5) for the wrong bare answer is flagged, with its value.
+    half = score_probes([get("audit_test_pays_half_to_no_tags")], rows, 16)
+    assert [(r["probe"], r["value"]) for r in half if r["flagged"]] == [("no_tags", 0.5)]
+    assert {"probe": "no_tags", "reward": "audit_test_pays_half_to_no_tags", "value": 0.5, "rows": 1} in flagged(half)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -99,9 +109,11 @@ def test_strict_exits_nonzero_when_flagged_and_zero_when_clean(tmp_path):
     # The command itself, as CI runs it: a hub dataset offline falls back to its stand-in, strict exits 1.
     out = tmp_path / "strict"
     proc = run_cli(["+experiment=geoqa", "audit.strict=true", "audit.rows=1", f"hydra.run.dir={out}"],
-                   module="mmr1.rewards.audit", env={"HF_HUB_OFFLINE": "1"}, check=False, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "offline stand-in synthetic_geoqa" in proc.stdout
+                   module="mmr1.rewards.audit", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+                   check=False, timeout=300)  # an empty HF cache: no GEOQA copy of the user's can be found
+    # Exit 1 is also what a crash gives: the finding must be reported, and nothing may have raised.
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "offline stand-in synthetic_geoqa" in proc.stdout and "empty_answer under format" in proc.stdout
     assert any(r["probe"] == "empty_answer" and r["reward"] == "format" and r["flagged"]
                for r in json.loads((out / AUDIT_FILE).read_text()))
 

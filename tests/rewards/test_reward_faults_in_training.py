@@ -58,7 +58,11 @@ def test_faulty_rewards_are_counted_and_the_run_completes(tmp_path):
         assert "rewards/format/mean" in row
     failures = [json.loads(line) for line in (run_dir / "reward_failures.jsonl").read_text().splitlines()]
     assert {f["reward"] for f in failures} <= {"fault_raises", "fault_sleeps"} and failures
-    assert (run_dir / "run_info.json").exists()
+    # The run finished despite both faulty rewards, and its record counts their failures in both logged steps.
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 2
+    counted = info["summary"]["reward_failures"]
+    assert counted["errors"] > 0 and counted["timeouts"] > 0 and counted["steps"] == 2
 
 
 # --- Issue 17: a reward that hangs cannot hang training. Images of 168 px make each item's
