@@ -40,6 +40,13 @@ def test_two_step_lora_run_saves_adapters_evaluates_on_them_and_resumes_exactly(
             module="mmr1.evaluate", env={"OMP_NUM_THREADS": "1"}, timeout=300)
     result = json.loads((run / "eval.json").read_text())
     assert result["model"] == str(run / "final") and result["rows"] == 2
+    # The adapters were applied: the base model alone, evaluated on the same rows, writes other greedy completions.
+    base_out = tmp_path / "base_eval.json"
+    run_cli([*eval_args, "eval.limit=2", f"eval.output={base_out}", f"hydra.run.dir={tmp_path / 'base'}"],
+            module="mmr1.evaluate", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    base = json.loads(base_out.read_text())
+    assert [r["problem"] for r in base["records"]] == [r["problem"] for r in result["records"]]
+    assert [r["greedy"]["text"] for r in base["records"]] != [r["greedy"]["text"] for r in result["records"]]
 
     cli([*overrides, f"resume={run / 'checkpoint-1'}"], resumed)
     assert sorted(rows_by_step(resumed)) == [2]
