@@ -180,7 +180,4 @@ def test_clevr_count_rehearses_with_vllm_enforcing_its_context(tmp_path):
     assert row["completions/max_length"] == row["completions/min_length"] == 1024 - fit["longest_prompt"]
     assert row["rollout/vision_token_cuts"] == 0
     assert (run_dir / "checkpoint-1" / "mmr1_complete.json").exists()
-    # The seed's frozen vision tower stays frozen with vLLM's weight sync in the loop.
-    assert changed_parts(info["model_path"], run_dir / "final") == {
-        "language_model": True, "vision_tower": False, "aligner": False}
     assert len((run_dir / "eval_metrics.jsonl").read_text().splitlines()) == 1
