@@ -11,12 +11,24 @@ import types
 
 import pytest
 
-from testkit import EXPERIMENTS, REPO, TINY, compose_cfg, run_cli  # noqa: F401  (re-exported for old imports)
+from testkit import EXPERIMENTS, REPO, TINY, clean_environ, compose_cfg, run_cli  # noqa: F401  (re-exported)
 
+# The machine's own settings must not steer the tests: NPROC_PER_NODE, MAX_PIXELS, SLURM_*, wandb keys
+# (testkit.STEERING_ENV) are dropped from this session's environment, so from every run it starts too.
+for _name in set(os.environ) - set(clean_environ(dict(os.environ))):
+    del os.environ[_name]
 # One model cache per test session ($MMR1_CACHE, read by mmr1.models.tiny.cache_root): the user's
-# ~/.cache/mmr1 is never read or written, and the tiny model is built once per session (~8 s), then shared
-# by every test and every subprocess (they inherit the environment).
-_CACHE = tempfile.mkdtemp(prefix="mmr1-test-cache-")
+# ~/.cache/mmr1 is never read or written, and the tiny model and each warm-start are built once per session, then
+# shared by every test, every subprocess and every pytest-xdist worker (the workers inherit the controller's
+# environment: _SESSION_CACHE names the controller's folder; mmr1.models.tiny.build_lock makes one worker build
+# an entry while the others wait for it).
+_SESSION_CACHE = "_MMR1_TEST_SESSION_CACHE"
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if _WORKER and os.path.isdir(os.environ.get(_SESSION_CACHE, "")):
+    _CACHE = os.environ[_SESSION_CACHE]
+else:
+    _CACHE = tempfile.mkdtemp(prefix="mmr1-test-cache-")
+    os.environ[_SESSION_CACHE] = _CACHE
 os.environ["MMR1_CACHE"] = _CACHE
 # The fake accelerator modules --simulate-gpu makes importable (what `pip install .[gpu]` brings).
 _GPU_EXTRA = ("vllm", "deepspeed")
@@ -55,7 +67,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if not _WORKER:  # the controller (or a run without xdist) owns the shared cache
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def _fake_module(name: str) -> types.ModuleType:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import textwrap
 
 import pytest
 from safetensors.torch import load_file
 
 from mmr1.tracking.metrics import read_metrics
-from testkit import TINY, run_cli
+from testkit import TINY, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -98,17 +97,12 @@ def test_resume_after_extra_draws_matches_the_straight_run(tmp_path):
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_draw_in_step(tmp_path):
     # 2 ranks x 8 rows = 2 groups each; a rank short of varied groups makes both draw (else a collective hangs).
     run = tmp_path / "run"
     _cli(_recipe(tmp_path, "trainer.max_steps=2"), run,
-         env={"NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()), "CUDA_VISIBLE_DEVICES": ""})
+         env={"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "CUDA_VISIBLE_DEVICES": ""})
     info = json.loads((run / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 2
     rows = _train_rows(run)

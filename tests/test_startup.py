@@ -30,8 +30,11 @@ print(sorted(t.name for t in threading.enumerate()))
 def _threads_after_telemetry(first: str = "", env_extra: dict | None = None) -> str:
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE")}
-    env.update(env_extra or {})
+    # DO_NOT_TRACK (honoured by the hub) would keep the thread from starting when the test wants it started; the
+    # endpoint is a closed local port, so a telemetry thread that does start never reaches the network.
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE",
+                                                            "DO_NOT_TRACK")}
+    env.update({"HF_ENDPOINT": "http://127.0.0.1:9", **(env_extra or {})})
     out = subprocess.run([sys.executable, "-c", THREADS.format(first=first)], capture_output=True, text=True,
                          env=env, timeout=120, check=True)
     return out.stdout.strip().splitlines()[-1]

@@ -5,7 +5,10 @@ module name, so `from conftest import ...` can resolve to another directory's fi
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +40,51 @@ def compose_cfg(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path
         return compose("train", overrides=[*overrides, *extra])
 
 
+# What a developer's shell may hold that steers a run: the launch layout, image limits, cluster and wandb settings.
+# tests/conftest.py drops them from the test session's environment; subprocess runs also see no GPU and use one
+# thread each (two test workers share two cores), unless a test passes its own values.
+STEERING_ENV = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK",
+                "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MAX_PIXELS", "MIN_PIXELS", "WANDB_API_KEY", "WANDB_PROJECT",
+                "WANDB_ENTITY", "WANDB_MODE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+STEERING_PREFIXES = ("SLURM_", "SUBMITIT_", "ACCELERATE_", "MMR1_TEST_")
+RUN_ENV = {"CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+
+
+def clean_environ(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` without the variables that steer a run (STEERING_ENV, STEERING_PREFIXES)."""
+    return {k: v for k, v in environ.items() if k not in STEERING_ENV and not k.startswith(STEERING_PREFIXES)}
+
+
+def run_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a run a test starts: the session's (already clean), RUN_ENV, then ``extra``."""
+    return {**clean_environ(dict(os.environ)), **RUN_ENV, **(extra or {})}
+
+
+_port_offset = itertools.count(random.Random(os.getpid()).randrange(0, 900, 3))
+
+
+def free_port() -> int:
+    """A free TCP port for a master or a server, unlikely to be another test worker's: below the kernel's ephemeral
+    range (32768 and up, where bind-to-0 helpers get theirs), in a block of 1000 per pytest-xdist worker, each call
+    a few ports on from the last, checked bindable."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    block = 20000 + 1000 * (int(worker[2:]) if worker[2:].isdigit() else 0)
+    for _ in range(300):
+        port = block + next(_port_offset) % 1000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {block}..{block + 999}")
+
+
 def run_cli(args: list[str], *, module: str = "mmr1.train", env: dict | None = None, timeout: int = 600,
             check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` from the repo root, as a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    """Run ``python -m <module> <args>`` from the repo root, as a user would (in ``run_env(env)``)."""
+    full_env = run_env(env)
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, TrainerCallback
 
 from mmr1.config.grpo_args import checkpointing_field
-from mmr1.models.tiny import cache_root
+from mmr1.models.tiny import build_lock, cache_root
 from mmr1.rewards import get as get_reward
 from mmr1.typed import container
 
@@ -62,11 +62,12 @@ def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
     recipe = _recipe(cfg, base_path, limits)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     out = cache_root() / f"warmstart-{key}"
-    if (out / "mmr1_warmstart.json").exists():
-        log.info("Warm-start: cached %s", out)
-        return str(out)
-    log.info("Warm-start: supervised fine-tuning of %s (cached afterwards in %s)", base_path, out)
-    report = run_warmstart(cfg, base_path, processor, limits, out)
+    with build_lock(out):  # parallel jobs wanting the same warm-start: one builds it, the others wait for it
+        if (out / "mmr1_warmstart.json").exists():
+            log.info("Warm-start: cached %s", out)
+            return str(out)
+        log.info("Warm-start: supervised fine-tuning of %s (cached afterwards in %s)", base_path, out)
+        report = run_warmstart(cfg, base_path, processor, limits, out)
     log.info("Warm-start done: %s", report)
     return str(out)
 

@@ -122,6 +122,29 @@ def test_a_dry_run_into_a_held_directory_is_refused_and_writes_nothing_there(tmp
     assert not any((run / f).exists() for f in ("run_info.json", "config.yaml", "grpo_args.json", "launch.json"))
 
 
+def test_a_training_run_into_a_held_directory_is_refused_before_it_touches_the_checkpoints(tmp_path):
+    """A dry run returns before resolve_resume; a training run with resume=never would set the live run's
+    checkpoints aside and forget its wandb id there: it must be refused first, leaving both as they were."""
+    run = tmp_path / "run"
+    (run / "checkpoint-1").mkdir(parents=True)
+    (run / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (run / "wandb_run_id").write_text("live-run\n")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    holder = _holder(run)
+    try:
+        proc = run_cli([*RECIPE, "trainer.max_steps=1", "resume=never", f"hydra.run.dir={run}"], check=False,
+                       timeout=300)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert proc.returncode != 0 and "RunDirLocked" in proc.stderr, proc.stderr[-4000:]
+    # (Hydra writes .hydra/ and its job log before mmr1 runs at all: the refused run's own files, not the holder's.)
+    after = sorted(str(p.relative_to(run)) for p in run.rglob("*")
+                   if p.name not in (LOCK_FILE, "train.log") and ".hydra" not in p.parts)
+    assert after == before
+    assert (run / "wandb_run_id").read_text() == "live-run\n"
+
+
 def _start(run: Path) -> subprocess.Popen:
     args = [*RECIPE, "trainer.max_steps=3", "trainer.save_steps=2", f"hydra.run.dir={run}"]
     return subprocess.Popen([sys.executable, "-m", "mmr1.train", *args], cwd=REPO,

@@ -11,10 +11,9 @@ import subprocess
 
 import pytest
 
-from mmr1.launch.layout import free_port
 from mmr1.launch.vllm_server import server_command, server_env, wait_healthy
 from mmr1.models.tiny import tiny_qwen2_5_vl_path
-from testkit import compose_cfg, run_cli
+from testkit import compose_cfg, free_port, run_cli
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 EVAL = ["model.warmstart.enabled=false", "dataset.num_samples=16", "dataset.eval_size=6", "eval.batch_size=3",

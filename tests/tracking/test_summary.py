@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from mmr1.run_dir import write_json
 from mmr1.tracking.summary import build_summary, format_summary, print_ending, warmstart_gate
-from testkit import TINY, run_cli
+from testkit import TINY, free_port, run_cli
 
 ACC = "rewards/external_r1v_acc/mean"
 # What a default run printed before issue 16 (and must not any more): mmr1 caused each of them.
@@ -144,16 +143,11 @@ def test_default_run_output_ends_with_summary_then_run_directory(tmp_path):
     assert format_summary(info["summary"], run_dir).splitlines() == block  # the same summary in run_info.json
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_rank_run_prints_one_ending_and_no_ddp_warning(tmp_path):
     run_dir = tmp_path / "run"
-    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()), "CUDA_VISIBLE_DEVICES": ""}
+    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "CUDA_VISIBLE_DEVICES": ""}
     proc = run_cli(["trainer.max_steps=2", *TINY, f"hydra.run.dir={run_dir}"], env=env)
     output = proc.stdout + proc.stderr
     for noise in NOISE:

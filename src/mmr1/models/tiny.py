@@ -11,12 +11,15 @@ where the hash covers the recipe below: change the recipe and the cache rebuilds
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,19 @@ RECIPE: dict[str, Any] = {
 def cache_root() -> Path:
     """Where built models live: ``$MMR1_CACHE`` or ``~/.cache/mmr1``."""
     return Path(os.environ.get("MMR1_CACHE", Path.home() / ".cache" / "mmr1"))
+
+
+@contextmanager
+def build_lock(entry: Path) -> Iterator[None]:
+    """One builder per cache entry across processes (parallel sweep jobs, ranks, test workers): the others wait here,
+    then find the entry built. An flock: released when its holder exits, even killed."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def recipe_hash(recipe: dict) -> str:
@@ -198,6 +214,8 @@ def tiny_qwen2_5_vl_path(recipe: dict = RECIPE) -> Path:
     """Return the cached tiny model's directory, building it first when absent or outdated."""
     path = cache_root() / f"tiny_qwen2_5_vl-{recipe_hash(recipe)}"
     if not (path / "mmr1_recipe.json").exists():
-        log.info("Building the embedded tiny Qwen2.5-VL into %s", path)
-        build_tiny_qwen2_5_vl(path, recipe)
+        with build_lock(path):
+            if not (path / "mmr1_recipe.json").exists():  # another process may have built it while we waited
+                log.info("Building the embedded tiny Qwen2.5-VL into %s", path)
+                build_tiny_qwen2_5_vl(path, recipe)
     return path
