@@ -30,6 +30,10 @@ else:
     _CACHE = tempfile.mkdtemp(prefix="mmr1-test-cache-")
     os.environ[_SESSION_CACHE] = _CACHE
 os.environ["MMR1_CACHE"] = _CACHE
+if _WORKER:  # two workers share the cores: one thread each for what a test runs in its own process
+    import torch
+
+    torch.set_num_threads(1)
 # The fake accelerator modules --simulate-gpu makes importable (what `pip install .[gpu]` brings).
 _GPU_EXTRA = ("vllm", "deepspeed")
 
@@ -46,10 +50,15 @@ def _has_vllm() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``vllm`` run real vLLM: where it is not installed they are deselected (and counted in the
-    header line below), never skipped one by one; CI runs them in its vLLM stage (.ci/run, scripts/vllm_cpu_env.sh)."""
+    header line below), never skipped one by one; CI runs them in its vLLM stage (.ci/run, scripts/vllm_cpu_env.sh).
+    Where they run, they run one after another on one xdist worker (each starts an engine that takes the cores)."""
     if _has_vllm():
+        for item in items:
+            if item.get_closest_marker("vllm"):
+                item.add_marker(pytest.mark.xdist_group("vllm"))
         return
     keep = [i for i in items if not i.get_closest_marker("vllm")]
     dropped = [i for i in items if i.get_closest_marker("vllm")]
@@ -120,6 +129,30 @@ def _no_test_writes_into_the_repos_outputs():
     added = sorted(_outputs_listing() - before)
     # (In a shared checkout a hand-run command from the repository root during the session counts too.)
     assert not added, f"tests wrote into {REPO / 'outputs'}: {added[:5]}"
+
+
+# --- runs shared by several test files (train once, assert many): each user carries the fixture's xdist group,
+# so that under pytest-xdist the run happens once, on one worker. Read-only: a test that changes one copies it.
+
+@pytest.fixture(scope="session")
+def default_job(tmp_path_factory):
+    """(run directory, CompletedProcess) of the README's main job shortened to 3 steps through the CLI: the cached
+    warm-start of the tiny model (built here on a cold cache), real rewards. Users: tests/test_train.py,
+    tests/tracking/test_summary.py (xdist group "default_job")."""
+    run_dir = tmp_path_factory.mktemp("default_job") / "d"
+    proc = run_cli(["trainer.max_steps=3", f"hydra.run.dir={run_dir}"], timeout=3000)  # a cold warm-start: minutes
+    return run_dir, proc
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tmp_path_factory):
+    """(run directory, CompletedProcess) of a 2-step run on 2 CPU ranks (gloo), TINY's recipe. Users:
+    tests/launch/test_multiprocess.py, tests/tracking/test_summary.py (xdist group "two_rank_run")."""
+    from testkit import free_port
+
+    run_dir = tmp_path_factory.mktemp("two_rank") / "run"
+    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())}
+    return run_dir, run_cli(["trainer.max_steps=2", *TINY, f"hydra.run.dir={run_dir}"], env=env)
 
 
 @pytest.fixture

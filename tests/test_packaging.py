@@ -17,6 +17,9 @@ import tomllib
 
 from testkit import REPO
 
+# One xdist worker: the wheel (module fixture) is built once.
+pytestmark = pytest.mark.xdist_group("wheel")
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from mmr1.tracking.metrics import read_metrics
 from mmr1.train import train
-from testkit import compose_cfg, run_cli
+from testkit import compose_cfg
 
 
 @pytest.mark.slow
@@ -42,10 +42,10 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_default_job_three_steps_changes_weights(tmp_path):
+@pytest.mark.xdist_group("default_job")
+def test_default_job_three_steps_changes_weights(default_job):
     """The README's main job, shortened with the issue's override: warm-started tiny model, real rewards."""
-    run_dir = tmp_path / "d"
-    proc = run_cli(["trainer.max_steps=3", f"hydra.run.dir={run_dir}"], timeout=1500)
+    run_dir, proc = default_job
     assert proc.stdout.strip().splitlines()[-1] == f"Run directory: {run_dir.resolve()}"
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]

@@ -17,7 +17,8 @@ from launch_helpers import REPO, free_port
 
 from mmr1.reliability.checkpoints import MARKER, checkpoint_dirs
 
-pytestmark = pytest.mark.slow
+# One worker under xdist: zero3_straight (module fixture) is the reference of two tests.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deepspeed")]
 
 PLUGINS = REPO / "tests" / "reliability" / "plugins.py"
 # 2 ranks x 4 completions = 2 prompts x 4 generations a step; 4 rows: 2 steps an epoch; non-zero gradients.

@@ -30,9 +30,9 @@ def _assert_no_leftovers(run_dir, timeout_s: float = 30) -> None:
     assert not left, [p.info["cmdline"] for p in left]
 
 
-def test_two_process_run(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli(["trainer.max_steps=2", *TINY, f"hydra.run.dir={run_dir}"], env=_env())
+@pytest.mark.xdist_group("two_rank_run")
+def test_two_process_run(two_rank_run):
+    run_dir, proc = two_rank_run
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["steps"] == 2
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]  # one file, rank 0's

@@ -10,7 +10,6 @@ order, and a resumed run's numbers can be compared bit for bit with a straight r
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from mmr1.tracking.metrics import read_metrics
-from testkit import REPO, TINY, run_cli
+from testkit import REPO, TINY, run_cli, run_env
 
 PLUGINS = Path(__file__).with_name("plugins.py")
 RECIPE = [o for o in TINY if not o.startswith(("trainer.save_steps=", "dataset.num_samples="))] + [
@@ -48,7 +47,7 @@ def cli(overrides: list[str], run_dir: Path, env: dict | None = None, check: boo
 
 
 def start(overrides: list[str], run_dir: Path, env: dict | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **ENV, **(env or {})}
+    full_env = run_env({**ENV, **(env or {})})
     return subprocess.Popen([sys.executable, "-m", "mmr1.train", *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

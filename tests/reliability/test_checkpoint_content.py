@@ -172,9 +172,9 @@ def test_a_marker_write_that_runs_out_of_disk_leaves_no_checkpoint_marked_comple
 # --- real checkpoints of the tiny model ---------------------------------------------------------------
 
 @pytest.mark.slow
-def test_same_size_corruption_of_a_real_checkpoint_is_caught_on_resume(tmp_path):
-    straight, run = tmp_path / "straight", tmp_path / "run"
-    cli(RECIPE, straight)
+@pytest.mark.xdist_group("straight_run")
+def test_same_size_corruption_of_a_real_checkpoint_is_caught_on_resume(tmp_path, straight_run):
+    straight, run = straight_run, tmp_path / "run"
     shutil.copytree(straight, run)
     shutil.rmtree(run / "final")
     weights = run / "checkpoint-4" / "model.safetensors"

@@ -29,15 +29,14 @@ from mmr1.reliability.checkpoints import MARKER, checkpoint_dirs
 RECIPE = with_overrides()
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The uninterrupted reference run: 4 steps, checkpoints at 2 and 4, 2 epochs of 2 steps."""
-    run = tmp_path_factory.mktemp("straight")
-    cli(RECIPE, run)
-    return run
+@pytest.fixture
+def straight(straight_run):
+    """The uninterrupted reference run (tests/reliability/conftest.py, shared with test_checkpoint_content.py)."""
+    return straight_run
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("straight_run")
 def test_kill9_after_step2_checkpoint_then_resume_matches_straight_run(straight, tmp_path):
     run = tmp_path / "run"
     sentinel = tmp_path / "in_step_4"
@@ -70,6 +69,7 @@ def test_kill9_after_step2_checkpoint_then_resume_matches_straight_run(straight,
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("straight_run")
 def test_truncated_last_checkpoint_falls_back_to_previous_with_warning(straight, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight, run)

@@ -32,6 +32,9 @@ FUNCS = [
     "plugin_step",
 ]
 
+# One xdist worker: one sandbox pool (module fixture).
+pytestmark = pytest.mark.xdist_group("reward_sandbox")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

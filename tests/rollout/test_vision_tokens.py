@@ -13,6 +13,9 @@ from testkit import TINY, run_cli
 
 RECORDER = Path(__file__).with_name("id_recorder.py")
 
+# One xdist worker: its model (module fixture) is built once.
+pytestmark = pytest.mark.xdist_group("vision_lover")
+
 
 def _tiny_config():
     from transformers import AutoConfig

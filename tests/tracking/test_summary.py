@@ -9,7 +9,6 @@ import pytest
 
 from mmr1.run_dir import write_json
 from mmr1.tracking.summary import build_summary, format_summary, print_ending, warmstart_gate
-from testkit import TINY, free_port, run_cli
 
 ACC = "rewards/external_r1v_acc/mean"
 # What a default run printed before issue 16 (and must not any more): mmr1 caused each of them.
@@ -126,10 +125,10 @@ def _summary_block(stdout: str, run_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_default_run_output_ends_with_summary_then_run_directory(tmp_path):
+@pytest.mark.xdist_group("default_job")
+def test_default_run_output_ends_with_summary_then_run_directory(default_job):
     """The README's default job, shortened: none of mmr1's noise, the summary, then one run directory line."""
-    run_dir = tmp_path / "d"
-    proc = run_cli(["trainer.max_steps=3", f"hydra.run.dir={run_dir}"], timeout=3000)  # a cold warm-start: minutes
+    run_dir, proc = default_job
     output = proc.stdout + proc.stderr
     for noise in NOISE:
         assert noise not in output, f"{noise!r} in the output:\n{output[-6000:]}"
@@ -145,10 +144,9 @@ def test_default_run_output_ends_with_summary_then_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_rank_run_prints_one_ending_and_no_ddp_warning(tmp_path):
-    run_dir = tmp_path / "run"
-    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "CUDA_VISIBLE_DEVICES": ""}
-    proc = run_cli(["trainer.max_steps=2", *TINY, f"hydra.run.dir={run_dir}"], env=env)
+@pytest.mark.xdist_group("two_rank_run")
+def test_two_rank_run_prints_one_ending_and_no_ddp_warning(two_rank_run):
+    run_dir, proc = two_rank_run
     output = proc.stdout + proc.stderr
     for noise in NOISE:
         assert noise not in output, f"{noise!r} in the output:\n{output[-6000:]}"
