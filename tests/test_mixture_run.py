@@ -21,7 +21,7 @@ REWARDS = ("external_r1v_acc", "format", "task_reward")
 # Small tasks: 8 training rows and 2 held-out rows each; 2 prompts x 4 generations a step.
 MIX = ["dataset=synthetic_mix", "model.warmstart.enabled=false", f"reward.plugins=[{PLUGINS}]",
        "reward.funcs=[external_r1v_acc,format,task_reward]", "trainer.per_device_train_batch_size=8",
-       "trainer.num_generations=4", "trainer.max_completion_length=8", "trainer.save_steps=1000",
+       "trainer.num_generations=4", "trainer.max_completion_length=8",
        "trainer.eval_strategy=steps", "trainer.eval_steps=2", "trainer.per_device_eval_batch_size=8",
        *(f"dataset.tasks.{t}.{k}={v}" for t in TASKS for k, v in (("num_samples", 8), ("eval_size", 2)))]
 
@@ -29,7 +29,7 @@ MIX = ["dataset=synthetic_mix", "model.warmstart.enabled=false", f"reward.plugin
 @pytest.mark.slow
 def test_two_step_mixture_logs_each_tasks_rewards_and_evaluates_each_task(tmp_path):
     run = tmp_path / "run"
-    train(compose_cfg([*MIX, "trainer.max_steps=2"], run_dir=run))
+    train(compose_cfg([*MIX, "trainer.max_steps=2", "trainer.save_steps=1"], run_dir=run))
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
@@ -43,6 +43,19 @@ def test_two_step_mixture_logs_each_tasks_rewards_and_evaluates_each_task(tmp_pa
         for k in keys:
             if k.split("/")[1] == "task_reward":  # each task's mean is its own pay: the rows were labelled right
                 assert row[k] == pytest.approx(TASK_PAY[k.split("/")[2]])
+    # Resumed from checkpoint-1, the mixed order goes on where it was: step 2 draws the same tasks' prompts and
+    # scores them alike (the data position and the sampler's mixed order are part of the checkpoint).
+    resumed = tmp_path / "resumed"
+    train(compose_cfg([*MIX, "trainer.max_steps=2", "trainer.save_steps=1", f"resume={run / 'checkpoint-1'}"],
+                      run_dir=resumed))
+    (again,) = read_metrics(resumed / "metrics.jsonl")
+
+    def same(row):
+        return {k: v for k, v in row.items() if k.startswith(("rewards/", "completions/", "num_tokens")) or k == "step"}
+
+    assert again["step"] == 2 and same(again) == same(rows[1])
+    assert {k for k in again if k.startswith("rewards/task_reward/") and k.count("/") == 3} == {
+        k for k in rows[1] if k.startswith("rewards/task_reward/") and k.count("/") == 3}
     # The evaluation ran on every task's own held-out rows.
     (evals,) = read_metrics(run / "eval_metrics.jsonl")
     assert {f"eval_rewards/{r}/{t}/mean" for r in REWARDS for t in TASKS} <= evals.keys()
