@@ -17,6 +17,7 @@ from mmr1.dynamic_sampling import (
     PROMPT_KEYS,
     RECOMPUTED_KEYS,
     concat_batches,
+    loss_tokens,
     refill_indices,
     sample_batch,
     zero_variance_groups,
@@ -100,6 +101,12 @@ def test_kept_groups_are_gathered_across_batches_and_merged_with_their_padding()
     assert batch["pixel_values"].shape == (16, 3) and batch["pixel_values"][:8].eq(10).all()
     assert batch["pixel_values"][8:].eq(20).all() and batch["image_grid_thw"].shape == (4, 3)
     assert batch["num_images"] == [1] * 4
+    # TRL's loss normaliser for the kept rows: 2 x 5 + 2 x 4 completion tokens (the padding excluded), not the
+    # first batch's carried-over count (99) nor every position of the merged batch (4 x 5).
+    assert loss_tokens(batch).item() == 18 and batch["num_items_in_batch"].item() == 99
+    batch["tool_mask"] = torch.ones_like(batch["completion_mask"])
+    batch["tool_mask"][0, :2] = 0  # two tokens of tool output in row 0: not the model's, not in the loss
+    assert loss_tokens(batch).item() == 16
 
 
 def test_a_short_batch_is_filled_with_zero_advantage_groups_of_the_first_batch():

@@ -44,6 +44,14 @@ PROMPT_AND_COMPLETION_KEYS = {"token_type_ids", "mm_token_type_ids"}
 RECOMPUTED_KEYS = {"num_items_in_batch"}  # a global count: the trainer recomputes it for the gathered rows
 
 
+def loss_tokens(batch: dict[str, Any]) -> torch.Tensor:
+    """This rank's completion tokens that enter the loss (the completion mask, less tool output where TRL masks it):
+    what TRL's ``num_items_in_batch`` counts, gathered over ranks by the trainer. After filtering it must count the
+    kept rows (their padding excluded), not the first batch's value that concat_batches carries over."""
+    mask = batch["completion_mask"]
+    return (mask if batch.get("tool_mask") is None else mask * batch["tool_mask"]).sum()
+
+
 def zero_variance_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
     """One bool per group: True when all its completions got the same (weighted, summed) reward.
 

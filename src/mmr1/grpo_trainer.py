@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
-from mmr1.dynamic_sampling import refill_indices, sample_batch
+from mmr1.dynamic_sampling import loss_tokens, refill_indices, sample_batch
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
 
@@ -124,9 +124,7 @@ class Mmr1GRPOTrainer(GRPOTrainer):
             weights=self.reward_weights, num_generations=self._group_size(),
             max_batches=self.dynamic_sampling_max_batches, rank=acc.process_index, world=acc.num_processes,
             any_rank=any_rank, pad_token_id=self._tokenizer.pad_token_id)
-        loss_mask = batch["completion_mask"] if batch.get("tool_mask") is None else (
-            batch["completion_mask"] * batch["tool_mask"])
-        batch["num_items_in_batch"] = acc.gather(loss_mask.sum()).sum()  # TRL's count, for the kept rows
+        batch["num_items_in_batch"] = acc.gather(loss_tokens(batch)).sum()  # TRL's count, for the kept rows
         for key, value in stats.items():
             self._metrics["train"][key].append(value)
         return batch
