@@ -50,11 +50,27 @@ def _has_vllm() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+# The longest runs of the suite (minutes each: the warm-started default job, the rehearsals), then every other test
+# that trains, then the rest: under xdist the long ones start at once on both workers and the short ones fill the
+# gaps at the end (longest first), instead of a rehearsal starting last on one worker while the other sits idle.
+LONGEST_FIRST = ("tests/test_train.py::test_default_job", "tests/test_rehearsal.py::test_seed_experiment",
+                 "tests/test_rehearsal.py::test_clevr_count_rehearses_with_vllm")
+
+
+def _run_order(item) -> int:
+    for rank, prefix in enumerate(LONGEST_FIRST):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") or item.get_closest_marker("vllm") else 1)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``vllm`` run real vLLM: where it is not installed they are deselected (and counted in the
     header line below), never skipped one by one; CI runs them in its vLLM stage (.ci/run, scripts/vllm_cpu_env.sh).
-    Where they run, they run one after another on one xdist worker (each starts an engine that takes the cores)."""
+    Where they run, they run one after another on one xdist worker (each starts an engine that takes the cores).
+    Every run: the longest tests first (LONGEST_FIRST; a stable sort, so files keep their own order)."""
+    items.sort(key=_run_order)
     if _has_vllm():
         for item in items:
             if item.get_closest_marker("vllm"):
