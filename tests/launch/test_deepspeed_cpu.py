@@ -16,6 +16,7 @@ import pytest
 from launch_helpers import REPO, free_port
 
 from mmr1.reliability.checkpoints import MARKER, checkpoint_dirs
+from testkit import run_env
 
 # One worker under xdist: zero3_straight (module fixture) is the reference of two tests.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deepspeed")]
@@ -33,9 +34,8 @@ ENV = {"NPROC_PER_NODE": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"
 
 
 def _env(**extra) -> dict[str, str]:
-    import os
 
-    return {**os.environ, **ENV, "MASTER_PORT": str(free_port()), **extra}
+    return run_env({**ENV, "MASTER_PORT": str(free_port()), **extra})
 
 
 def _cli(args: list[str], run: Path, check: bool = True, **env) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import pytest
 from launch_helpers import REPO, TINY, by_role, free_port, processes_mentioning, run_cli
 
 from mmr1.tracking.metrics import read_metrics
+from testkit import run_env
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_a_failing_rank_fails_the_run_and_leaves_nothing(tmp_path):
 
 def test_ctrl_c_stops_every_rank(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "disabled", **_env()}
+    env = run_env(_env())
     # Long enough to be interrupted mid-run, never long in practice.
     # SIGINT at its default in the child, whatever this process inherited: a job started with `cmd &` from a
     # script (or under nohup ... &) ignores SIGINT, and Python then installs no KeyboardInterrupt handler.

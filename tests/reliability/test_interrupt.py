@@ -4,7 +4,6 @@ that resumes the run, and that command finishes the run, logging to the same wan
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 from harness import ENV, RECIPE, rows_by_step, start, wait_for
 
 from mmr1.reliability.checkpoints import MARKER
-from testkit import REPO
+from testkit import REPO, run_env
 
 
 @pytest.mark.slow
@@ -39,7 +38,7 @@ def test_sigint_mid_step_saves_a_checkpoint_and_prints_the_resume_command(tmp_pa
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "mmr1.train"]
     done = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **ENV, **wandb})
+                          env=run_env({**ENV, **wandb}))
     assert done.returncode == 0, done.stderr[-4000:]
     assert "continuing from" in done.stdout and "checkpoint-3" in done.stdout
     assert sorted(rows_by_step(run)) == [1, 2, 3, 4]

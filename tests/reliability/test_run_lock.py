@@ -18,7 +18,7 @@ from harness import ENV, RECIPE, rows_by_step
 from omegaconf import OmegaConf
 
 from mmr1.reliability.lock import LOCK_FILE, NoLock, RunDirLock, RunDirLocked, hold_run_dir, lock_name
-from testkit import REPO, run_cli
+from testkit import REPO, run_cli, run_env
 
 HOST = socket.gethostname()
 # Holds the lock on argv[1], says so, and keeps it until stdin closes (or it is killed).
@@ -148,7 +148,7 @@ def test_a_training_run_into_a_held_directory_is_refused_before_it_touches_the_c
 def _start(run: Path) -> subprocess.Popen:
     args = [*RECIPE, "trainer.max_steps=3", "trainer.save_steps=2", f"hydra.run.dir={run}"]
     return subprocess.Popen([sys.executable, "-m", "mmr1.train", *args], cwd=REPO,
-                            env={**os.environ, "WANDB_MODE": "disabled", **ENV},
+                            env=run_env(ENV),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -185,7 +185,7 @@ def test_the_ranks_of_a_two_process_run_share_the_launchers_lock(tmp_path):
             "trainer.per_device_train_batch_size=4", "trainer.num_generations=4", "trainer.max_completion_length=8",
             "trainer.max_steps=2", "trainer.save_steps=1000", f"hydra.run.dir={run}"]
     launcher = subprocess.Popen([sys.executable, "-m", "mmr1.train", *args], cwd=REPO,
-                                env={**os.environ, "WANDB_MODE": "disabled", **ENV},
+                                env=run_env(ENV),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (run / LOCK_FILE).exists() or f'"pid": {launcher.pid}' not in (run / LOCK_FILE).read_text():

@@ -124,10 +124,10 @@ def test_rewards_that_hang_cannot_hang_training(tmp_path):
 @pytest.mark.parametrize("to", ["trainer", "process group"])
 def test_sigterm_during_a_hung_reward_call_checkpoints_and_exits_143(tmp_path, to):
     from mmr1.reliability.checkpoints import MARKER
-    from testkit import REPO
+    from testkit import REPO, run_env
 
     run_dir, sentinel = tmp_path / "run", tmp_path / "hanging"
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MMR1_TEST_HANG_SENTINEL": str(sentinel)}
+    env = run_env({"MMR1_TEST_HANG_SENTINEL": str(sentinel)})
     # A scheduler (or `timeout`) signals the whole process group: the reward workers get it too.
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmr1.train", *_hang_overrides("fault_sleeps", run_dir)],
