@@ -133,20 +133,20 @@ def estimate_plan(p: Plan) -> dict[str, Any]:
     # A frozen tower (full fine-tuning with model.freeze_vision_tower) runs without autograd: its pixel_values
     # need no gradient, so it keeps nothing for the backward; a frozen merger behind it keeps nothing either.
     vision_grad = p.vision_trains or p.trainable is not None
-    if arch.v_depth and patches and not vision_grad and p.aligner_trains:
-        vh = arch.v_hidden
-        vision_kept = patches * vh * (FP32 + a) + patches * vh * 3 * a  # the merger's RMSNorm and MLP only
-    elif arch.v_depth and patches and vision_grad:
-        vh, block, block_bwd = arch.v_hidden, _vision_block_bytes(arch, a), _vision_backward_bytes(arch, a)
+    vh = arch.v_hidden
+    merger_kept = patches * vh * (FP32 + a) + patches * vh * 3 * a  # the merger: its RMSNorm, then 4 vh -> 4 vh -> out
+    if arch.v_depth and patches and vision_grad:
+        block, block_bwd = _vision_block_bytes(arch, a), _vision_backward_bytes(arch, a)
         if p.gradient_checkpointing:  # Qwen2_5_VLVisionBlock is a GradientCheckpointingLayer too
             vision_kept = arch.v_depth * patches * vh * a
             vision_peak = patches * (block + block_bwd)
         else:
             vision_kept = arch.v_depth * patches * block
             vision_peak = patches * block_bwd
-        # pixel_values (fp32 from the processor, cast to the model's dtype), the window reorder copies, the merger
-        # (RMSNorm, then 4 vh -> 4 vh -> out MLP over patches / 4).
-        vision_kept += patches * (arch.patch_values * (FP32 + a) + vh * (FP32 + 3 * a)) + patches * vh * 3 * a
+        # pixel_values (fp32 from the processor, cast to the model's dtype), the window reorder copies, the merger.
+        vision_kept += patches * (arch.patch_values * (FP32 + a) + 2 * a * vh) + merger_kept
+    elif arch.v_depth and patches and p.aligner_trains:
+        vision_kept = merger_kept  # a frozen tower, a training merger: only the merger keeps activations
     # LM head. TRL 1.16's fused head (trl/kernels/chunked_logprob.py): keeps the scored hidden states (N x h),
     # builds logits in [4096, 32768] tiles, and its backward accumulates fp32 grad_hidden (N x h) and grad_weight
     # (V x h) then casts both; N = completion tokens on CUDA (labels != -100), every position elsewhere.
