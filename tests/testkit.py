@@ -67,7 +67,7 @@ _port_offset = itertools.count(random.Random(os.getpid()).randrange(0, 900, 3))
 def free_port() -> int:
     """A free TCP port for a master or a server, unlikely to be another test worker's: below the kernel's ephemeral
     range (32768 and up, where bind-to-0 helpers get theirs), in a block of 1000 per pytest-xdist worker, each call
-    a few ports on from the last, checked bindable."""
+    the port after the last, checked bindable."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     block = 20000 + 1000 * (int(worker[2:]) if worker[2:].isdigit() else 0)
     for _ in range(300):
