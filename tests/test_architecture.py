@@ -12,15 +12,18 @@ from pathlib import Path
 import mmr1
 
 RANK = {
-    "typed": 0, "prompts": 0, "tracking": 1, "run_dir": 2,
+    "config.typed": 0, "data.prompts": 0, "tracking": 1, "tracking.run_dir": 2,
+    # The one door to library internals imports libraries only.
+    "internals": 1.5,
     # The typed schemas of the domain packages sit low: the spine's schema (config/) gathers them.
     "data.config": 2.5, "rewards.config": 2.5, "reliability.config": 2.5,
     "data": 3, "rewards": 3, "models": 4,
-    "config": 5, "dynamic_sampling": 5.5, "rollout": 5.8,
-    "warmstart": 6, "grpo_trainer": 6, "policy": 6.5,
-    "launch": 7, "reliability": 8,
-    "sweep": 9, "rehearsal": 9, "checks": 9,
-    "train": 10, "evaluate": 10, "report": 10,
+    "config": 5, "trainer": 5.5, "trainer.dynamic_sampling": 5.5, "rollout": 5.8,
+    "models.warmstart": 6, "trainer.grpo": 6, "models.policy": 6.5,
+    "launch": 7, "reliability": 8, "trainer.loop": 8.5,
+    "sweep": 9, "config.rehearsal": 9, "config.checks": 9,
+    "launch.dry_run": 9.5, "trainer.setup": 9.5, "trainer.steps": 9.6,
+    "train": 10, "evaluate": 10, "sweep.report": 10,
 }
 # Command-line entry points sit on top, whatever folder they live in (they compose configs and build data);
 # what else uses their logic imports it from the layer it belongs to (rewards/audit.py: rewards/probes.py).
@@ -36,8 +39,9 @@ def _unit(dotted: str) -> str:
 def _imports(path: Path) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
-            [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        # `from mmr1.pkg import module` names the module: "pkg.module" is ranked when it has a rank of its own.
+        names = [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module \
+            else ([a.name for a in node.names] if isinstance(node, ast.Import) else [])
         out |= {_unit(n.removeprefix("mmr1.")) for n in names if n.startswith("mmr1.")}
     return out
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from mmr1.checks import RunnableCheckError, check_runnable
-from mmr1.run_dir import RunDirError
+from mmr1.config.checks import RunnableCheckError, check_runnable
+from mmr1.tracking.run_dir import RunDirError
 from testkit import compose_cfg, run_cli
 
 LOCAL = ["dataset=geoqa", "dataset.source=local"]
@@ -67,7 +67,7 @@ def test_an_unwritable_run_directory_is_the_run_dir_error(tmp_path):
 
 # The real run's own loaders give the same messages (the dry run must not invent its own).
 def test_same_message_as_the_real_loader_for_dataset_path(tmp_path):
-    from mmr1.data.build import to_config
+    from mmr1.data.datasets import to_config
     from mmr1.data.sources import load_local
 
     for overrides in (LOCAL, [*LOCAL, "dataset.path=/nonexistent"]):
@@ -80,7 +80,7 @@ def test_same_message_as_the_real_loader_for_dataset_path(tmp_path):
 
 
 def test_same_message_as_the_real_loader_for_system_prompt(tmp_path):
-    from mmr1.data.build import load_system_prompt
+    from mmr1.data.datasets import load_system_prompt
 
     with pytest.raises(FileNotFoundError) as real:
         load_system_prompt("/nonexistent.txt")
@@ -90,7 +90,7 @@ def test_same_message_as_the_real_loader_for_system_prompt(tmp_path):
 
 
 def test_same_message_as_the_real_loader_for_image_dir(tmp_path):
-    from mmr1.data.build import to_config
+    from mmr1.data.datasets import to_config
     from mmr1.data.sources import load_local
 
     data = tmp_path / "train.jsonl"

@@ -1,4 +1,4 @@
-"""Dynamic sampling (mmr1.dynamic_sampling): the filter, the refill stream, the merge, and the hook's pins to TRL."""
+"""Dynamic sampling (mmr1.trainer.dynamic_sampling): the filter, the refill stream, the merge, the pins to TRL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from mmr1.dynamic_sampling import (
+from mmr1.trainer.dynamic_sampling import (
     COMPLETION_KEYS,
     PROMPT_AND_COMPLETION_KEYS,
     PROMPT_KEYS,
@@ -22,7 +22,7 @@ from mmr1.dynamic_sampling import (
     sample_batch,
     zero_variance_groups,
 )
-from mmr1.grpo_trainer import Mmr1GRPOTrainer
+from mmr1.trainer.grpo import Mmr1GRPOTrainer
 
 G = 2  # completions per group in these tests
 

@@ -1,4 +1,4 @@
-"""mmr1's GRPOTrainer subclass (mmr1.grpo_trainer), pinned to the installed TRL."""
+"""mmr1's GRPOTrainer subclass (mmr1.trainer.grpo), pinned to the installed TRL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import wandb
 from trl import GRPOTrainer
 
-from mmr1.grpo_trainer import Mmr1GRPOTrainer, cap_to_context, flat_messages
+from mmr1.trainer.grpo import Mmr1GRPOTrainer, cap_to_context, flat_messages
 
 # A prompt as mmr1 builds it and TRL keeps it for log_completions (system turn as a list of text parts).
 PROMPT = [

@@ -207,7 +207,7 @@ def test_qlora_loads_the_base_through_bitsandbytes(monkeypatch):
 
 
 def test_a_rehearsal_trains_qlora_as_lora_on_cpu():
-    from mmr1.rehearsal import apply_rehearsal
+    from mmr1.config.rehearsal import apply_rehearsal
 
     cfg = compose_cfg(["+experiment=geoqa", "+preset=rehearsal", "model.train_type=qlora", "model.lora.r=16"])
     swaps = apply_rehearsal(cfg)

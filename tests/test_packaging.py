@@ -41,7 +41,7 @@ def test_wheel_holds_every_config_and_prompt(wheel):
     shipped = {n.removeprefix("mmr1/conf/") for n in names if n.startswith("mmr1/conf/") and n.endswith(".yaml")}
     in_repo = {str(p.relative_to(REPO / "src/mmr1/conf")) for p in (REPO / "src/mmr1/conf").rglob("*.yaml")}
     assert shipped == in_repo and "train.yaml" in shipped and "experiment/geoqa.yaml" in shipped
-    assert "mmr1/prompts/r1v_system.txt" in names
+    assert "mmr1/data/prompts/r1v_system.txt" in names
 
 
 @pytest.mark.slow  # builds and installs a wheel: 17 s of the inner loop (issue 18 part 7)

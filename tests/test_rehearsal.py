@@ -13,8 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from data.data_fixtures import write_hub_parquet
+from mmr1.config.rehearsal import apply_rehearsal
 from mmr1.launch.layout import resolve_layout
-from mmr1.rehearsal import apply_rehearsal
 from testkit import EXPERIMENTS, changed_parts, compose_cfg, run_cli
 
 # The seed's generation batch per optimizer step: 6 ranks x 8 x 2 accumulation = 96 completions.
@@ -90,7 +90,7 @@ def test_unrehearsed_experiments_share_a_rehearsed_trainer_and_load_their_data(e
     from data.data_fixtures import png_bytes
     from mmr1.data import build_datasets, resolve_pixel_limits
     from mmr1.data.preflight import data_skips_long_prompts, preflight
-    from mmr1.policy import prepare_policy
+    from mmr1.models.policy import prepare_policy
 
     local = []
     if experiment == "openr1_mm":  # the hub's schema, one picture above MAX_PIXELS=262144

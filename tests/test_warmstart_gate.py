@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import TrainerControl, TrainerState
 
-import mmr1.warmstart as ws_mod
+import mmr1.models.warmstart as ws_mod
 from mmr1.config.schema import WarmStartConfig
 
 

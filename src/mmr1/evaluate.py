@@ -25,7 +25,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from mmr1.config import CONF_DIR, register_configs
+from mmr1.config import CONF_DIR
+from mmr1.config.schema import register_configs
 from mmr1.models.generation import generate, server_generate
 
 log = logging.getLogger("mmr1.evaluate")
@@ -78,7 +79,7 @@ def summarize(completions: list[dict], acc: str, fmt: str | None, names: list[st
 def resolve_target(cfg: DictConfig, limits) -> tuple[str, str, Path | None]:
     """(model path, processor path, run dir the result belongs to or None)."""
     from mmr1.models import resolve_model_path
-    from mmr1.policy import prepare_policy
+    from mmr1.models.policy import prepare_policy
 
     ckpt = cfg.eval.checkpoint
     if ckpt is None:
@@ -104,7 +105,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     from mmr1.data import build_datasets, resolve_pixel_limits
     from mmr1.models import load_model, load_processor
     from mmr1.rewards import build_reward_funcs
-    from mmr1.run_dir import prepare_run_dir
+    from mmr1.tracking.run_dir import prepare_run_dir
 
     ev = cfg.eval
     if ev.num_samples and max(ev.pass_k) > ev.num_samples:
@@ -193,7 +194,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
          "image_id": r.get("image_id", r.get("image_ids")),  # image_ids: a row with several images
          **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
         for i, r in enumerate(rows)]
-    from mmr1.run_dir import write_json
+    from mmr1.tracking.run_dir import write_json
 
     write_json(out_path, result)
     from mmr1.rewards import shutdown

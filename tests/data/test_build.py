@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import SUFFIX, TASK_ROWS, local_cfg, png_bytes, png_header_only, task_cfg
 
 from mmr1.data import GENERATORS, build_datasets, load_system_prompt
-from mmr1.data.registry import Registry
+from mmr1.data.catalog import Registry
 
 LIMITS = {"min_pixels": 3136, "max_pixels": 12000}  # small cap: the fixtures' images get resized
 SYSTEM = load_system_prompt(None)

@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import task_cfg
 
 from mmr1.data import build_datasets
-from mmr1.data.build import load_system_prompt
+from mmr1.data.datasets import load_system_prompt
 from mmr1.data.mixture import task_counts
 from mmr1.data.preflight import preflight
 
@@ -129,8 +129,8 @@ def test_warm_start_and_dry_run_see_every_task():
 
     from omegaconf import OmegaConf
 
-    from mmr1.checks import _dataset_problems
-    from mmr1.warmstart import warmstart_data_cfg
+    from mmr1.config.checks import _dataset_problems
+    from mmr1.models.warmstart import warmstart_data_cfg
     from testkit import compose_cfg
 
     hub = compose_cfg(["dataset=r1v_mix"]).dataset

@@ -131,7 +131,7 @@ def test_the_warm_start_trains_and_gates_on_two_image_rows(tmp_path):
     from mmr1.data import resolve_pixel_limits
     from mmr1.models import load_processor
     from mmr1.models.tiny import tiny_qwen2_5_vl_path
-    from mmr1.warmstart import run_warmstart
+    from mmr1.models.warmstart import run_warmstart
     from testkit import compose_cfg
 
     ws = {"max_steps": 2, "num_samples": 8, "gate_samples": 4, "batch_size": 4, "gate_start": 1, "gate_every": 1,

@@ -10,7 +10,7 @@ import pytest
 
 from mmr1.reliability.checkpoints import CheckpointError, checkpoint_dirs, rotate, select_checkpoint, write_marker
 from mmr1.reliability.resume import resolve_resume
-from mmr1.run_dir import RunDirError
+from mmr1.tracking.run_dir import RunDirError
 from mmr1.train import train
 from testkit import TINY, compose_cfg
 
@@ -90,7 +90,7 @@ def test_unwritable_run_dir_fails_before_training(tmp_path):
 
 def test_full_disk_fails_before_training(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("mmr1.run_dir.shutil.disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
+    monkeypatch.setattr("mmr1.tracking.run_dir.shutil.disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
     cfg = compose_cfg([*TINY, "trainer.max_steps=1"], run_dir=tmp_path / "run")
     with pytest.raises(RunDirError, match="1 MiB free"):
         train(cfg)

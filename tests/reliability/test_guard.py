@@ -127,7 +127,7 @@ def test_the_readmes_guard_numbers_are_the_defaults():
     """The README's own sentences (0.3 / 5x / 3 / 20, lr x0.5, 2 rollbacks), parsed, against the dataclass."""
     import re
 
-    from mmr1.reliability.runner import _SEED_STRIDE
+    from mmr1.trainer.loop import _SEED_STRIDE
     from testkit import REPO
 
     text = " ".join((REPO / "README.md").read_text().split())

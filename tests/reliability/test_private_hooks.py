@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments
 
 from mmr1.models.tiny import tiny_qwen2_5_vl_path
-from mmr1.reliability.resume import install_weight_loader
+from mmr1.reliability.restore import install_weight_loader
 
 
 def _perturbed(model):
@@ -30,7 +30,7 @@ def test_trainer_resume_still_misses_qwen2_5_vl_weights_and_the_hook_loads_them(
                    args=args)
     bare._load_from_checkpoint(str(ckpt))
     assert not torch.equal(bare.model.state_dict()[name], saved), (
-        "transformers now restores Qwen2.5-VL checkpoints on resume: drop reliability.resume.install_weight_loader")
+        "transformers now restores Qwen2.5-VL checkpoints on resume: drop reliability.restore.install_weight_loader")
 
     hooked = Trainer(model=_perturbed(AutoModelForImageTextToText.from_pretrained(str(ckpt), dtype=torch.float32)),
                      args=args)

@@ -3,7 +3,7 @@
 The control of the log-prob agreement test: vLLM keeps sampling from the weights it started with while the trainer
 moves on. Not collected by pytest (no ``test_`` prefix)."""
 
-import mmr1.rollout.vllm_engine as engine
+import mmr1.rollout.colocate as engine
 
 
 def _no_sync(trainer, on_cpu):

@@ -146,7 +146,7 @@ def test_collapse_verdicts(tmp_path):
 
 
 def test_report_cli_single_run_and_missing_dir(tmp_path):
-    from mmr1.report import main
+    from mmr1.sweep.report import main
 
     run = make_run(tmp_path, "run", ["trainer.beta=0.01"], metric_rows([0.2, 0.4]), {"status": "finished"})
     assert main([str(run), "--no-plots"]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmr1.run_dir import write_json
+from mmr1.tracking.run_dir import write_json
 from mmr1.tracking.summary import build_summary, format_summary, print_ending, warmstart_gate
 
 ACC = "rewards/external_r1v_acc/mean"

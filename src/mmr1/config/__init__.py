@@ -1,11 +1,13 @@
-"""Config schema (ConfigStore) and the mapping from the resolved config to TRL's GRPOConfig."""
+"""Compose and validate: the typed schema (``schema.py``, the domain schemas gathered), the one validation idiom
+(``typed.py``), the mapping to TRL's GRPOConfig (``grpo_args.py``), the rehearsal's swaps (``rehearsal.py``) and
+the dry run's checks of what a real run would fail on later (``checks.py``).
+
+Nothing is imported here: the domain schemas (``data/config.py``, ...) import ``mmr1.config.typed``, and the
+schema imports them.
+"""
 
 from pathlib import Path
-
-from mmr1.config.schema import TrainConfig, register_configs
 
 # The configs ship inside the package (Hydra's app-packaging pattern), so a wheel runs as the repo does;
 # the repository's top-level `conf` is a link to this folder.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-__all__ = ["CONF_DIR", "TrainConfig", "register_configs"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mmr1.typed import container
+from mmr1.config.typed import container
 
 log = logging.getLogger("mmr1.config")
 

@@ -104,7 +104,7 @@ class RolloutConfig:
     vllm_mode: str | None = None
     gpu_memory_utilization: float = 0.6  # the seed's --vllm_gpu_memory_utilization (the rest is the trainer's)
     # The rollout context: prompt + completion tokens. Completions end where it does, on every backend
-    # (mmr1.grpo_trainer); None = the model's own length.
+    # (mmr1.trainer.grpo); None = the model's own length.
     max_model_len: int | None = None
     tensor_parallel_size: int = 1  # colocate: must divide the number of trainer processes
     data_parallel_size: int = 1
@@ -189,7 +189,7 @@ class TrainerConfig:
     # The tiny model otherwise learns to fill the length cap with tags the seed's format regex still accepts
     # (`<answer>3</answer>2</answer>...`, a reward hack seen in its first runs).
     mask_truncated_completions: bool = True
-    # DAPO's dynamic sampling (mmr1.dynamic_sampling): drop groups whose rewards all agree and refill with fresh
+    # DAPO's dynamic sampling (mmr1.trainer.dynamic_sampling): drop groups whose rewards all agree and refill with fresh
     # prompts, at most dynamic_sampling_max_batches generation batches per step (3: ms-swift's max_resample_times).
     # Off: the seed (ms-swift v3.2.1 as it ran) had none.
     dynamic_sampling: bool = False
@@ -275,7 +275,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class RehearsalConfig:
-    """``+preset=rehearsal`` (mmr1.rehearsal): the experiment's exact configuration for real on a CPU."""
+    """``+preset=rehearsal`` (mmr1.config.rehearsal): the experiment's exact configuration for real on a CPU."""
 
     enabled: bool = False
     max_steps: int = 2  # optimizer steps; the one evaluation and the one checkpoint come at the last
@@ -283,7 +283,7 @@ class RehearsalConfig:
     # build, scripts/vllm_cpu_env.sh; the experiment's server becomes colocate, a listed swap, so vLLM itself
     # enforces its context, image limits and sampling settings).
     rollout: str = "hf"
-    # Filled by mmr1.rehearsal.apply_rehearsal: what was swapped (key, experiment value, rehearsal value).
+    # Filled by mmr1.config.rehearsal.apply_rehearsal: what was swapped (key, experiment value, rehearsal value).
     applied: bool = False
     swaps: list[Any] = field(default_factory=list)
 

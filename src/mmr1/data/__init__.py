@@ -8,11 +8,11 @@ Public API (what the training spine calls)::
     preflight(processor, bundle, max_length=..., context=..., max_completion_length=...)
 """
 
-from mmr1.data.build import DataBundle, build_datasets, build_messages, load_system_prompt
+from mmr1.data.catalog import Registry
 from mmr1.data.config import DatasetConfig, OnBadRow, Source
+from mmr1.data.datasets import DataBundle, build_datasets, build_messages, load_system_prompt
 from mmr1.data.images import PixelLimits, image_tokens, resolve_pixel_limits, smart_resize
 from mmr1.data.preflight import preflight
-from mmr1.data.registry import Registry
 from mmr1.data.sources import SOURCES
 from mmr1.data.synthetic import GENERATORS
 

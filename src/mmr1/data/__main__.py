@@ -15,8 +15,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from mmr1.config import CONF_DIR, register_configs
-from mmr1.typed import container
+from mmr1.config import CONF_DIR
+from mmr1.config.schema import register_configs
+from mmr1.config.typed import container
 
 register_configs()  # conf/train.yaml extends the typed schema (`schema: train`), as for training
 

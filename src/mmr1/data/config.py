@@ -60,7 +60,7 @@ class DatasetConfig:
     # A prompt over trainer.max_length or the rollout context (mmr1.data.preflight): error names the row,
     # skip drops and counts it. Never cut: cutting a prompt would cut its image tokens.
     on_long_prompt: OnBadRow = OnBadRow.error
-    # System prompt file; None = the seed's --system prompt.txt, shipped as mmr1/prompts/r1v_system.txt.
+    # System prompt file; None = the seed's --system prompt.txt, shipped as mmr1/data/prompts/r1v_system.txt.
     system_prompt: str | None = None
     # Appended to every problem verbatim (the seed's ClevrPreprocessor suffix for counting; nothing for
     # GeoQA and Open R1, whose problems the seed used as they are).

@@ -255,7 +255,7 @@ class DecodedImageCache:
         if "image" in batch:
             ids = batch.get("image_id") or [None] * len(batch["image"])
             batch["image"] = [self._decode(key, cell) for key, cell in zip(ids, batch["image"], strict=True)]
-        if "images" in batch:  # several images per row (mmr1.data.build): one LRU for all of them
+        if "images" in batch:  # several images per row (mmr1.data.datasets): one LRU for all of them
             id_lists = batch.get("image_ids") or [[None] * len(cells) for cells in batch["images"]]
             batch["images"] = [[self._decode(key, cell) for key, cell in zip(keys, cells, strict=True)]
                                for keys, cells in zip(id_lists, batch["images"], strict=True)]

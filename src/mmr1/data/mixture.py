@@ -2,7 +2,7 @@
 
 A mixture is a dataset node whose ``tasks`` holds one dataset node per task (conf/dataset/synthetic_mix.yaml
 composes each task's YAML there), so each task loads, checks, resizes and splits its rows exactly as it
-would alone (mmr1.data.build): its own source, prompt suffix, system prompt and solution format, its own
+would alone (mmr1.data.datasets): its own source, prompt suffix, system prompt and solution format, its own
 held-out rows. The mixed training set is then fixed up front from the seed:
 
 - shares: ``dataset.tasks.<task>.weight`` over the sum of weights, of ``L`` rows in all, where ``L`` is
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from mmr1.data.build import DataBundle, build_datasets
 from mmr1.data.config import DatasetConfig
+from mmr1.data.datasets import DataBundle, build_datasets
 from mmr1.data.images import DecodedImageCache
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ images (``image_tokens``, written by ``build_datasets``: the sum over a row's im
   encode counts ONE placeholder per image (it skips the image-token expansion, base.py:300-303); this
   pre-flight counts the expanded image tokens, so it is stricter;
 - the rollout context (``rollout.max_model_len``) bounds prompt + completion: a prompt must leave room for
-  at least one token, and completions are cut at ``context - prompt`` (mmr1.grpo_trainer), as vLLM
+  at least one token, and completions are cut at ``context - prompt`` (mmr1.trainer.grpo), as vLLM
   stops generating at its context.
 
 A prompt over a bound is never shortened (cutting image tokens out of a prompt is the image-token /

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mmr1.data.catalog import Registry
 from mmr1.data.config import DatasetConfig
-from mmr1.data.registry import Registry
 from mmr1.data.synthetic import GENERATORS
 
 SOURCES: Registry = Registry("dataset source")
@@ -67,7 +67,7 @@ def load_local(cfg: DatasetConfig, seed: int) -> tuple[Any, Path]:
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"dataset {cfg.name!r}: dataset.path {path} does not exist")
-    if cfg.image_dir and not Path(cfg.image_dir).expanduser().is_dir():  # the dry run (mmr1.checks) checks this too
+    if cfg.image_dir and not Path(cfg.image_dir).expanduser().is_dir():  # the dry run checks this too
         raise FileNotFoundError(f"dataset {cfg.name!r}: dataset.image_dir {Path(cfg.image_dir).expanduser()} "
                                 "is not a directory")
     base = Path(cfg.image_dir).expanduser() if cfg.image_dir else (path if path.is_dir() else path.parent)

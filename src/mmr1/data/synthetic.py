@@ -12,7 +12,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from mmr1.data.registry import Registry
+from mmr1.data.catalog import Registry
 
 GENERATORS: Registry = Registry("synthetic generator")
 

@@ -6,13 +6,13 @@ DeepSpeed, Hydra's submitit launcher); this package decides the layout, checks i
 """
 
 from mmr1.launch.deepspeed import deepspeed_config, write_deepspeed_config
-from mmr1.launch.layout import Layout, LayoutError, in_launched_rank, is_main_process, resolve_layout
+from mmr1.launch.layout import Layout, LayoutError, in_launched_rank, resolve_layout
 from mmr1.launch.plan import accelerate_command, build_plan
 from mmr1.launch.run import LaunchError, launch, write_launch_plan
 from mmr1.launch.vllm_server import server_command
 
 __all__ = [
     "Layout", "LayoutError", "LaunchError", "accelerate_command", "build_plan", "deepspeed_config",
-    "in_launched_rank", "is_main_process", "launch", "resolve_layout", "server_command",
+    "in_launched_rank", "launch", "resolve_layout", "server_command",
     "write_deepspeed_config", "write_launch_plan",
 ]

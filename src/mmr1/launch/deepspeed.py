@@ -97,7 +97,7 @@ def deepspeed_config(ds: DictConfig) -> dict[str, Any]:
 
 def write_deepspeed_config(ds: DictConfig, run_dir: str | Path) -> Path:
     """Write ``run_dir/deepspeed.json`` atomically (readers never see a half-written file)."""
-    from mmr1.run_dir import write_atomic
+    from mmr1.tracking.run_dir import write_atomic
 
     path = Path(run_dir) / FILENAME
     write_atomic(path, json.dumps(deepspeed_config(ds), indent=2) + "\n")

@@ -35,12 +35,6 @@ def in_launched_rank(env: Mapping[str, str] | None = None) -> bool:
     return env.get(LAUNCHED_ENV) == "1" or "LOCAL_RANK" in env
 
 
-def is_main_process(env: Mapping[str, str] | None = None) -> bool:
-    """Global rank 0 (or no distributed run): the one process that writes the run directory's files."""
-    env = os.environ if env is None else env
-    return int(env.get("RANK", "0") or 0) == 0
-
-
 @dataclass
 class Layout:
     launcher: str

@@ -52,7 +52,7 @@ def write_launch_plan(cfg: DictConfig, run_dir: str | Path, *, overrides: list[s
     """Resolve and check the layout (LayoutError names every clash), write ``launch.json``.
 
     ``env`` and ``gpus`` stand in for this machine's environment and GPU count (tests)."""
-    from mmr1.run_dir import write_json
+    from mmr1.tracking.run_dir import write_json
 
     hydra_overrides, job_num = hydra_context()
     overrides = hydra_overrides if overrides is None else overrides
@@ -99,7 +99,7 @@ def _prepare_model(cfg: DictConfig) -> str | None:
     them cached instead of racing to build them; returns the path they will load."""
     if cfg.model.name_or_path != "tiny_qwen2_5_vl" and not cfg.model.warmstart.enabled:
         return None
-    from mmr1.policy import prepare_policy
+    from mmr1.models.policy import prepare_policy
 
     return prepare_policy(cfg).path
 

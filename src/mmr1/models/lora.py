@@ -134,19 +134,6 @@ def peft_config(model_cfg: Any, model: Any) -> Any:
                            bias="none")
 
 
-def vllm_merges_adapters() -> bool:
-    """Does the installed TRL merge peft adapters into the base weights when it syncs them to vLLM? Read from
-    its source (TRL 1.16: ``VLLMGeneration._iter_named_params`` calls ``merge_adapter``, streams the base
-    weights under vLLM's names, then ``unmerge_adapter``); a TRL without it would send vLLM the bare base
-    model and every rollout would ignore the training (tests/test_lora.py runs that path on a tiny model)."""
-    import inspect
-
-    from trl.generation.vllm_generation import VLLMGeneration
-
-    source = inspect.getsource(VLLMGeneration._iter_named_params)
-    return "merge_adapter()" in source and "unmerge_adapter()" in source
-
-
 def plan_lines(model_cfg: Any, rollout_cfg: Any) -> list[str]:
     """The dry run's lines for a LoRA/QLoRA run (none for ``full``); raises where vLLM would get no adapters."""
     tt = model_cfg.train_type
@@ -159,12 +146,14 @@ def plan_lines(model_cfg: Any, rollout_cfg: Any) -> list[str]:
     lines = [f"  {tt}: r={lc.r} alpha={lc.alpha} dropout={lc.dropout} on {targets}{quant}; KL reference = the "
              "adapters disabled (no second model copy)"]
     if rollout_cfg.backend == "vllm":
-        if not vllm_merges_adapters():
+        from mmr1.internals import vllm_sync_merges_lora  # torch and TRL: a dry run without LoRA never needs them
+
+        if not vllm_sync_merges_lora():
             raise LoraSetupError(f"model.train_type={tt} with rollout.backend=vllm: the installed TRL does not merge "
                                  "peft adapters for its vLLM weight sync (VLLMGeneration._iter_named_params); vLLM "
                                  "would generate with the base model. Use rollout=hf or TRL 1.16.")
         lines.append("  vLLM weight sync: TRL merges the adapters into the base weights, streams them under the "
-                     "base model's names, then unmerges (VLLMGeneration._iter_named_params): checked")
+                     "base model's names, then unmerges: checked on a one-layer peft model (mmr1.internals)")
     return lines
 
 

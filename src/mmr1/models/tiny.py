@@ -99,7 +99,7 @@ def _corpus() -> list[str]:
     """The text the tokenizer learns its merges from: the project's own prompts and answers."""
     from importlib.resources import files
 
-    system = files("mmr1.prompts").joinpath("r1v_system.txt").read_text()
+    system = files("mmr1.data.prompts").joinpath("r1v_system.txt").read_text()
     lines = [system,
              "How many items are there in the image? Output the thinking process in <think> </think> and\n"
              " final answer (number) in <answer> </answer> tags.",

@@ -1,8 +1,9 @@
 """Runs that survive: exact resume, atomic checkpoints, the collapse guard, clean Ctrl-C.
 
 - `resolve_resume(resume, run_dir)` -> the checkpoint to continue from (`resume=auto|never|PATH`);
-- `run_training(trainer, cfg, run_dir, resume, metrics_cb)` -> `RunResult` (replaces `trainer.train`);
-- `GuardConfig` (the `guard` config node), `GuardStop`, `CheckpointError`.
+- `GuardConfig` (the `guard` config node), `CheckpointError`.
+
+The run loop that ties them to ``trainer.train`` is ``mmr1.trainer.loop``.
 
 Only the config is imported eagerly: the schema imports it, and composing a config (a dry run) must not
 pull in torch and transformers.
@@ -14,8 +15,7 @@ from mmr1.reliability.config import GuardAction, GuardConfig, as_guard_config
 
 _LAZY = {
     "MARKER": "checkpoints", "CheckpointError": "checkpoints", "select_checkpoint": "checkpoints",
-    "verify": "checkpoints", "resolve_resume": "resume", "resume_command": "resume", "GuardStop": "runner",
-    "RunResult": "runner", "run_training": "runner",
+    "verify": "checkpoints", "resolve_resume": "resume", "resume_command": "resume",
 }
 
 __all__ = ["GuardAction", "GuardConfig", "as_guard_config", *_LAZY]

@@ -39,6 +39,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mmr1.internals import wrap_checkpoint_save
 from mmr1.reliability.hashes import hash_files, verify_content
 
 log = logging.getLogger("mmr1.reliability")
@@ -282,7 +283,7 @@ def _is_disk_full(err: BaseException, ckpt: Path) -> bool:
         e = e.__cause__ or e.__context__
     if not isinstance(err, (OSError, RuntimeError)):
         return False
-    from mmr1.run_dir import MIN_FREE_BYTES
+    from mmr1.tracking.run_dir import MIN_FREE_BYTES
 
     return _free_bytes(ckpt) < MIN_FREE_BYTES
 
@@ -326,27 +327,26 @@ def disk_full_error(ckpt: Path, err: BaseException, *, main: bool = True) -> Che
 
 
 def guard_saves(trainer: Any) -> None:
-    """Wrap ``trainer._save_checkpoint``: a stale marker in the target folder goes first (the files are about
+    """Wrap the Trainer's checkpoint save: a stale marker in the target folder goes first (the files are about
     to be rewritten), and a save that runs out of disk raises ``disk_full_error`` instead of the writer's
     own message (torch.save's names neither the disk nor the folder)."""
-    if getattr(trainer, "_mmr1_guarded_saves", False):
-        return
-    original = trainer._save_checkpoint
 
-    def save(*args: Any, **kwargs: Any) -> Any:
-        ckpt = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
-        if trainer.is_world_process_zero():
-            (ckpt / MARKER).unlink(missing_ok=True)
-        try:
-            return original(*args, **kwargs)
-        except Exception as err:
-            if _is_disk_full(err, ckpt):
-                raise disk_full_error(ckpt, err, main=trainer.is_world_process_zero()) from err
-            log.error("saving %s failed: %s", ckpt, err)
-            raise
+    def wrap(original: Any) -> Any:
+        def save(*args: Any, **kwargs: Any) -> Any:
+            ckpt = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+            if trainer.is_world_process_zero():
+                (ckpt / MARKER).unlink(missing_ok=True)
+            try:
+                return original(*args, **kwargs)
+            except Exception as err:
+                if _is_disk_full(err, ckpt):
+                    raise disk_full_error(ckpt, err, main=trainer.is_world_process_zero()) from err
+                log.error("saving %s failed: %s", ckpt, err)
+                raise
 
-    trainer._save_checkpoint = save
-    trainer._mmr1_guarded_saves = True
+        return save
+
+    wrap_checkpoint_save(trainer, wrap)
 
 
 class CheckpointCallback(TrainerCallback):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from mmr1.typed import typed_config
+from mmr1.config.typed import typed_config
 
 
 class GuardAction(str, Enum):

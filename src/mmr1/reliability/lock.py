@@ -202,7 +202,8 @@ def hold_run_dir(cfg: Any, env: Mapping[str, str] | None = None) -> RunDirLock |
     """Take the run directory's lock for this run (acquired on return; ``release()`` or ``with`` ends it).
 
     Raises ``RunDirLocked`` when another live run holds it. A rank mmr1 started gets a ``NoLock``."""
-    from mmr1.launch.layout import LAUNCHED_ENV, in_launched_rank, is_main_process
+    from mmr1.launch.layout import LAUNCHED_ENV, in_launched_rank
+    from mmr1.tracking.ranks import is_main_process
 
     env = os.environ if env is None else env
     if env.get(LAUNCHED_ENV) == "1":

@@ -8,8 +8,8 @@ Public API (scripts outside the package use these names):
 - `RewardConfig`, `RewardConfigError`, `shutdown()`.
 """
 
-from mmr1.rewards.build import FAILURES_FILE, build_reward_funcs
 from mmr1.rewards.config import OnAllZero, RewardConfig, RewardConfigError
+from mmr1.rewards.funcs import FAILURES_FILE, build_reward_funcs
 from mmr1.rewards.registry import REWARDS, get, load_plugins, names, register
 from mmr1.rewards.sandbox import SandboxError, WorkerPool, shutdown
 from mmr1.rewards.text import completion_text

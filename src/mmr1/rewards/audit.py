@@ -25,11 +25,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from mmr1.config import CONF_DIR, register_configs
+from mmr1.config import CONF_DIR
+from mmr1.config.schema import register_configs
+from mmr1.config.typed import container
 from mmr1.rewards.config import AuditConfig, as_audit_config
 from mmr1.rewards.probes import flagged, score_probes, table
-from mmr1.run_dir import write_json
-from mmr1.typed import container
+from mmr1.tracking.run_dir import write_json
 
 log = logging.getLogger("mmr1.rewards.audit")
 AUDIT_FILE = "audit.json"
@@ -39,14 +40,14 @@ register_configs()  # conf/audit.yaml extends conf/train.yaml, which extends the
 
 def audit_rows(cfg: DictConfig, audit: AuditConfig) -> tuple[list[dict], str]:
     """``audit.rows`` rows of the experiment's dataset as training builds them, and where they came from."""
+    from mmr1.config.rehearsal import HUB_SOURCES
     from mmr1.data import build_datasets, resolve_pixel_limits
-    from mmr1.rehearsal import HUB_SOURCES
 
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     # Only the rows probed are built: no held-out split, and a generator makes just those rows.
     dataset = {**container(cfg.dataset, enum_to_str=True), "eval_size": 0, "limit": audit.rows}
     source = dataset["source"]
-    stand_in = {"source": "synthetic", "num_samples": audit.rows}  # the rehearsal's swap (mmr1.rehearsal)
+    stand_in = {"source": "synthetic", "num_samples": audit.rows}  # the rehearsal's swap (mmr1.config.rehearsal)
     if source == "synthetic":
         dataset["num_samples"] = min(dataset["num_samples"], audit.rows)
     elif source in HUB_SOURCES and audit.stand_in:
@@ -70,7 +71,7 @@ def audit_rows(cfg: DictConfig, audit: AuditConfig) -> tuple[list[dict], str]:
 
 def run(cfg: DictConfig) -> int:
     """The command: table on stdout, ``audit.json`` in the run directory; the exit status."""
-    from mmr1.rehearsal import apply_rehearsal
+    from mmr1.config.rehearsal import apply_rehearsal
     from mmr1.rewards import build_reward_funcs, shutdown
 
     apply_rehearsal(cfg)  # +preset=rehearsal: the same swaps as in training

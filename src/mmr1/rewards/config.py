@@ -1,7 +1,7 @@
 """The typed `reward` node of the config (stored in Hydra's ConfigStore by the spine).
 
 Every default and the why of each value live here; `conf/reward/*.yaml` set only what differs. Types and
-unknown keys are checked by OmegaConf, values by `RewardConfig.__post_init__` (mmr1.typed).
+unknown keys are checked by OmegaConf, values by `RewardConfig.__post_init__` (mmr1.config.typed).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from mmr1.typed import typed_config
+from mmr1.config.typed import typed_config
 
 
 class RewardConfigError(ValueError):

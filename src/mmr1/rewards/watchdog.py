@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import threading
 import time
@@ -22,6 +21,7 @@ from mmr1.rewards.config import OnAllZero, RewardConfig
 from mmr1.rewards.registry import RewardSpec
 from mmr1.rewards.sandbox import Outcome, WorkerPool
 from mmr1.rewards.text import completion_text
+from mmr1.tracking.ranks import global_rank
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class FailureLog:
             if self.path is None or self.written >= self.limit:
                 return
             self.written += 1
-            record = {"rank": int(os.environ.get("RANK", "0")), "time": time.time(), **record}
+            record = {"rank": global_rank(), "time": time.time(), **record}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:  # one write per line: ranks may share it
                 f.write(json.dumps(record, default=repr, ensure_ascii=False) + "\n")
@@ -201,7 +201,7 @@ class WatchedReward:
             first[payload] = task_of[i] = len(tasks)
             tasks.append((self.spec.name, payload))
         if tasks:
-            assert self.pool is not None  # isolated rewards always get a pool (mmr1.rewards.build)
+            assert self.pool is not None  # isolated rewards always get a pool (mmr1.rewards.funcs)
             results = self.pool.run(tasks, self.cfg.timeout_s, self.cfg.batch_timeout_s)
             self.stats["scored_in_workers"] += len(tasks)
             for i, t in task_of.items():

@@ -1,8 +1,11 @@
 """vLLM as TRL's colocate engine: which vLLM is installed, and what TRL 1.16 does not give the engine.
 
+This module holds the pure part (the build, the options, the placeholder rule), which the launch plan reads
+without torch; ``mmr1.rollout.colocate`` applies it to the engine TRL builds and to its weight sync.
+
 TRL 1.16 builds the colocate engine itself (``trl/generation/vllm_generation.py``, ``VLLMGeneration._init_vllm``:
 ``LLM(model=..., max_num_batched_tokens=4096, logprobs_mode="processed_logprobs", ...)``) and calls it with the
-trainer's prompt ids. ``colocate_engine`` mends three things there, for the trainer's construction only:
+trainer's prompt ids. ``mmr1.rollout.colocate`` mends three things there, for the trainer's construction only:
 
 - the settings TRL does not pass: the run's ``dtype`` (vLLM's own "auto" picks bf16 on a CPU even for a float32
   checkpoint, so rollouts would sample from a rounded copy of the policy the trainer scores), ``enforce_eager``,
@@ -15,16 +18,14 @@ trainer's prompt ids. ``colocate_engine`` mends three things there, for the trai
   rollouts sampled from a prompt the trainer never scores (a 480x320 CLEVR image: 222 prompt tokens became 408).
   trl#6294 (open), trl#6401; the fix upstream is trl PR#6718 (open). Each run of placeholders is collapsed to one
   before vLLM sees it, and vLLM expands it back to the same N;
-- the weight sync (``sync_colocate_weights`` below): on vLLM's CPU build, and the encoder cache after it.
+- the weight sync (``colocate.sync_colocate_weights``): on vLLM's CPU build, and the encoder cache after it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from omegaconf import DictConfig
@@ -104,95 +105,3 @@ def collapse_placeholders(prompt_ids: list[int], placeholders: set[int]) -> list
         if not (token in placeholders and out and out[-1] == token):
             out.append(token)
     return out
-
-
-@contextlib.contextmanager
-def colocate_engine(cfg: DictConfig, processor: Any) -> Iterator[dict[str, Any]]:
-    """While the trainer is constructed: TRL's colocate ``LLM(...)`` call gets ``engine_options`` on top of its own,
-    and the engine it returns collapses each prompt's runs of placeholders (the processor's image / video pad ids)
-    in the prompts that carry images or videos, before vLLM expands them itself.
-
-    TRL calls ``LLM`` through its module's global name (``trl.generation.vllm_generation.LLM``); that name is
-    wrapped here and restored on exit, whatever happens. A TRL without that name fails here, naming it.
-    """
-    import trl.generation.vllm_generation as trl_vllm
-
-    if not hasattr(trl_vllm, "LLM"):
-        raise RuntimeError("trl.generation.vllm_generation has no LLM: this TRL builds its colocate engine "
-                           "elsewhere; mmr1.rollout.vllm_engine.colocate_engine needs updating")
-    options = engine_options(cfg)
-    placeholders: set[int] = {int(t) for t in (getattr(processor, "image_token_id", None),
-                                               getattr(processor, "video_token_id", None)) if t is not None}
-    real = trl_vllm.LLM
-
-    def llm(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(options)
-        log.info("vLLM colocate engine: %s", ", ".join(f"{k}={v}" for k, v in options.items()))
-        engine = real(*args, **kwargs)
-        generate = engine.generate
-
-        def generate_unexpanded(prompts: Any, *gen_args: Any, **gen_kwargs: Any) -> Any:
-            if isinstance(prompts, list):
-                prompts = [{**p, "prompt_token_ids": collapse_placeholders(p["prompt_token_ids"], placeholders)}
-                           if isinstance(p, dict) and p.get("multi_modal_data") else p for p in prompts]
-            return generate(prompts, *gen_args, **gen_kwargs)
-
-        engine.generate = generate_unexpanded
-        return engine
-
-    trl_vllm.LLM = llm  # restored below
-    try:
-        yield options
-    finally:
-        trl_vllm.LLM = real
-
-
-def sync_colocate_weights(trainer: Any, *, on_cpu: bool) -> None:
-    """Make TRL's colocate weight sync load what was trained into vLLM, on vLLM's CPU build too, and drop the vision
-    features vLLM computed with the old weights.
-
-    - On vLLM's CPU build, after loading, every linear layer's weight is repacked for its GEMM kernels (oneDNN, or
-      AMX) and the ``Parameter`` replaced by an empty one (``vllm/model_executor/layers/utils.py``,
-      ``dispatch_cpu_unquantized_gemm(remove_weight=True)``, from ``UnquantizedLinearMethod
-      .process_weights_after_loading``). TRL 1.16's colocate sync loads tensor by tensor into the live model
-      (``VLLMGeneration.sync_weights``: ``model_runner.model.load_weights([(name, param)])``), which then stops at
-      the first merged layer: "'Parameter' object has no attribute 'weight_loader'". vLLM's own in-place reload
-      (``GPUModelRunner.reload_weights``, ``vllm/model_executor/model_loader/reload/layerwise.py``) restores each
-      layer's checkpoint layout, loads it and repacks it; TRL's own tensors (``VLLMGeneration._iter_named_params``:
-      the DeepSpeed gather, the LoRA merge, vLLM's names) go through it, then the embedding-backed GEMMs the reload
-      does not touch (a tied LM head) are repacked too. Measured on the tiny model after perturbing every weight:
-      vLLM's log-probs against transformers' 1.2 apart before the sync, 9.5e-7 after.
-    - On every build: vLLM keeps the vision tower's outputs per image (its encoder cache) across requests, and
-      TRL's sync does not reset it, so an image seen before a sync would be answered with features of the old
-      weights (on the CPU build, whose reload clears only the model runner's half, a crash: "Encoder cache miss",
-      seen in a rehearsal whose eval rows repeat a training image). ``LLMEngine.reset_encoder_cache`` ("should be
-      called when model weights are updated", ``vllm/v1/engine/llm_engine.py``) clears both halves after each sync.
-    """
-    gen = trainer.vllm_generation
-    for name in ("_iter_named_params", "llm", "sync_weights"):
-        if not hasattr(gen, name):
-            raise RuntimeError(f"TRL's VLLMGeneration has no {name}: mmr1.rollout.vllm_engine.sync_colocate_weights "
-                               "needs updating for this TRL")
-    trl_sync = gen.sync_weights
-
-    def reload_on_cpu() -> None:
-        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-        runner = gen.llm.llm_engine.model_executor.driver_worker.model_runner
-        # Copies: the reload buffers each tensor until its whole layer has arrived, and TRL's iterator changes the
-        # tensors it yielded in place once it ends (the LoRA unmerge), before the last layers are loaded.
-        tensors = ((name, tensor.detach().clone()) for name, tensor in gen._iter_named_params())
-        runner.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
-        # A tied LM head (Qwen2.5-VL-3B's and the tiny model's tie_word_embeddings) loads nothing of its own, so the
-        # reload never repacks it and its GEMM keeps the old embedding.
-        for module in runner.model.modules():
-            method = getattr(module, "quant_method", None)
-            if isinstance(method, UnquantizedEmbeddingMethod):
-                method.process_weights_after_loading(module)
-        gen.llm.reset_prefix_cache()
-
-    def sync_weights() -> None:
-        (reload_on_cpu if on_cpu else trl_sync)()
-        gen.llm.llm_engine.reset_encoder_cache()
-
-    gen.sync_weights = sync_weights

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mmr1.typed import container
+from mmr1.config.typed import container
 
 RESOLVER = "mmr1_point"
 MAX_NAME = 120  # well under the 255-byte component limit, and still readable in a legend

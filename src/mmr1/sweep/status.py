@@ -2,8 +2,8 @@
 
 Everything is read from files, never from a live process, so the report works on a sweep that ran on
 another machine or is still running: ``run_info.json`` (written by ``mmr1.train`` when the run ends,
-``mmr1.run_dir.write_run_info``, its one writer), ``metrics.jsonl`` / ``eval_metrics.jsonl`` (one row per logged step),
-``guard_events.jsonl`` (collapse-guard trips, when the guard is on), ``eval.json`` (``mmr1.evaluate``)
+``mmr1.tracking.run_dir.write_run_info``, its one writer), ``metrics.jsonl`` / ``eval_metrics.jsonl`` (one row
+per logged step), ``guard_events.jsonl`` (collapse-guard trips, when the guard is on), ``eval.json`` (``mmr1.evaluate``)
 and Hydra's ``.hydra/overrides.yaml``.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmr1.run_dir import RUN_INFO, read_run_info, write_run_info
 from mmr1.tracking.jsonl import read_metrics
+from mmr1.tracking.run_dir import RUN_INFO, read_run_info, write_run_info
 
 GUARD_EVENTS = "guard_events.jsonl"
 # A run without run_info.json is running, unless nothing in it changed for this long: a killed process

@@ -14,12 +14,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mmr1.run_dir import write_atomic  # parallel sweep jobs may all rewrite the report
+from mmr1.config.typed import container
 from mmr1.sweep.naming import point_overrides, short_label, swept_keys
 from mmr1.sweep.status import RunRecord, find_runs, read_run, status_cell
 from mmr1.tracking.per_task import reward_key, task_names
+from mmr1.tracking.run_dir import write_atomic  # parallel sweep jobs may all rewrite the report
 from mmr1.tracking.series import WINDOW, reward_names, rolling, series
-from mmr1.typed import container
 
 COLUMNS = ["run", "overrides", "status", "steps", "acc_final", "acc_best", "format_final", "kl_final",
            "grad_norm_max", "completion_length", "wall_time_s", "collapsed", "eval_acc", "eval_step"]

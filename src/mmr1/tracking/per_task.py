@@ -1,7 +1,7 @@
 """Per-task reward means of a task mixture (mmr1.data.mixture): ``rewards/<reward>/<task>/mean`` every step.
 
 TRL logs ``rewards/<reward>/mean`` over the whole generation batch; a mixture's rows carry their ``task``, so
-the same rewards split by task show which task a run learns (mmr1.grpo_trainer adds them to TRL's metrics,
+the same rewards split by task show which task a run learns (mmr1.trainer.grpo adds them to TRL's metrics,
 evaluation's as ``eval_rewards/...``). A reward that returned None for a row (NaN) is left out of its
 mean, as TRL leaves it out of its own.
 """

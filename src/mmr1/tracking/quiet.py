@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
+
+from mmr1.tracking.ranks import is_main_process
 
 # (exact message, category, module the warning is attributed to, where it comes from). Matched whole
 # (re.escape + \Z), so a reworded or different warning from the same place still shows.
@@ -58,8 +59,7 @@ def install() -> None:
 
 def _quiet_other_ranks(env: Mapping[str, str] | None = None) -> None:
     """In a multi-process run, rank 0 alone logs mmr1's INFO lines; the others keep warnings and errors."""
-    source: Mapping[str, str] = os.environ if env is None else env
-    if int(source.get("RANK", "0") or 0) != 0:
+    if not is_main_process(env):
         logging.getLogger("mmr1").setLevel(logging.WARNING)
 
 

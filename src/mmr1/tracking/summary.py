@@ -21,8 +21,8 @@ from mmr1.tracking.jsonl import read_metrics
 from mmr1.tracking.series import WINDOW, reward_names, series
 
 GUARD_EVENTS = "guard_events.jsonl"  # mmr1.reliability.guard.EVENTS_FILE
-REWARD_FAILURES = "reward_failures.jsonl"  # mmr1.rewards.build.FAILURES_FILE
-WARMSTART_INFO = "mmr1_warmstart.json"  # next to a cached warm-start (mmr1.warmstart)
+REWARD_FAILURES = "reward_failures.jsonl"  # mmr1.rewards.funcs.FAILURES_FILE
+WARMSTART_INFO = "mmr1_warmstart.json"  # next to a cached warm-start (mmr1.models.warmstart)
 _STATUS = {"finished": "finished", "guard_gave_up": "stopped by the collapse guard (gave up)",
            "interrupted": "interrupted", "failed": "failed"}
 

@@ -31,7 +31,7 @@ from mmr1.launch.memory.arch import (
 )
 from mmr1.launch.memory.estimate import estimate_memory, estimate_plan
 from mmr1.launch.memory.inputs import Plan, plan_from_cfg
-from mmr1.launch.memory.report import format_estimate, memory_summary
+from mmr1.launch.memory.lines import format_estimate, memory_summary
 
 __all__ = [
     "GB", "KNOWN_CONFIGS", "QWEN2_5_VL_3B", "QWEN2_5_VL_7B", "Arch", "Plan", "UnknownArchitecture",

@@ -85,7 +85,7 @@ def _sequence(cfg: Any, *, max_pixels: int | None, prompt_tokens: int | None, im
 
     Image tokens at ``max_pixels`` (one per 28x28 pixels after Qwen's resize, mmr1.data.images); the prompt
     is bounded by ``trainer.max_length`` (pre-flight rejects longer ones) and prompt + completion by the
-    rollout context ``rollout.max_model_len`` (completions end there, mmr1.grpo_trainer). Where a bound cuts,
+    rollout context ``rollout.max_model_len`` (completions end there, mmr1.trainer.grpo). Where a bound cuts,
     each term keeps its own worst case inside it (sequence = the context, completion = what the shortest
     prompt leaves), so their sum still bounds the memory.
     """

@@ -18,12 +18,12 @@ unfiltered first batch, dropping the groups it had found.
 
 Refill prompts come from a stream of their own: seeded permutations of the training set, where the refill
 batches of generation round ``t`` are fixed slots ``t * (max_batches - 1) + k`` of that stream. They are a pure
-function of the seed and of ``t`` (``_step // generate_every``, restored on resume by mmr1.reliability.resume),
+function of the seed and of ``t`` (TRL's micro-step // generate_every, restored on resume by mmr1.reliability.resume),
 so the Trainer's dataloader is never drawn from here (its resume skip counts stay right) and a resumed run
 refills with the prompts the straight run did. A guard rollback changes ``args.seed``, and so this stream too.
 Unused slots are simply skipped prompts of a random stream.
 
-Pure functions (tensors in, tensors out); the trainer hook is ``Mmr1GRPOTrainer._generate_and_score_completions``.
+Pure functions (tensors in, tensors out); the trainer hook is ``Mmr1GRPOTrainer.generate_and_score``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from trl.trainer.utils import nanstd, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+from mmr1.internals import nanstd, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 # How each tensor TRL 1.16's _generate_and_score_completions returns is padded (tests pin this list to TRL's
 # source): prompts on the left, completions on the right, token types over both.
@@ -161,8 +162,8 @@ def sample_batch(generate: Callable[[list], dict[str, Any]], inputs: list, refil
                  pad_token_id: int) -> tuple[dict[str, Any], dict[str, float]]:
     """Generate, keep the groups with reward variance, refill; return this rank's batch and the step's stats.
 
-    ``generate`` is TRL's ``_generate_and_score_completions``; ``last_rewards()`` the rewards it gathered
-    from every rank (``_calculate_rewards``), so every rank computes the same keep mask and the same decision
+    ``generate`` is TRL's generate-and-score step; ``last_rewards()`` the rewards it gathered
+    from every rank, so every rank computes the same keep mask and the same decision
     to draw again; ``any_rank`` gathers that decision anyway (all ranks must draw the same number of batches:
     generation and reward gathering are collectives). ``refill(k)`` gives this rank's rows of the k-th extra
     batch. Each rank's generation batch must hold whole groups (checked by the trainer).

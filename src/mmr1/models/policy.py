@@ -2,7 +2,7 @@
 
 ``prepare_policy(cfg)`` resolves the image limits (config, else MAX_PIXELS/MIN_PIXELS, else the
 processor's), the model path (an embedded builder is built and cached), the processor with those limits,
-and, with ``warmstart=True``, the cached supervised warm-start GRPO should begin from (mmr1.warmstart).
+and, with ``warmstart=True``, the cached supervised warm-start GRPO should begin from (mmr1.models.warmstart).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def prepare_policy(cfg: DictConfig, *, warmstart: bool = True, limits: Any = Non
 
 def warm_start(cfg: DictConfig, policy: Policy) -> Policy:
     """``policy`` starting from its cached warm-start when ``model.warmstart.enabled`` (built once)."""
-    from mmr1.warmstart import maybe_warmstart
+    from mmr1.models.warmstart import maybe_warmstart
 
     path = maybe_warmstart(cfg, policy.base_path, policy.processor, policy.limits)
     return Policy(path=path, base_path=policy.base_path, processor=policy.processor, limits=policy.limits)

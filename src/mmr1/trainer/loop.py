@@ -10,27 +10,29 @@ model gets the last good weights back and the run ends with status ``guard_gave_
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 
+from mmr1.internals import insert_callbacks, rewrap_for_deepspeed, scale_logged_lr, set_args
 from mmr1.reliability.checkpoints import CheckpointCallback, clear_after, select_checkpoint
 from mmr1.reliability.config import GuardAction, as_guard_config
 from mmr1.reliability.guard import GuardCallback, Trip, append_event, curve_events, read_events
 from mmr1.reliability.interrupt import InterruptCallback
-from mmr1.reliability.resume import (
+from mmr1.reliability.restore import (
     epochs_trained,
     fast_forward_sampler,
     install_weight_loader,
+    load_checkpoint,
     restore_grpo_state,
-    resume_command,
     save_grpo_state,
 )
+from mmr1.reliability.resume import resume_command
+from mmr1.tracking.curves import plot_curves
+from mmr1.tracking.run_dir import write_run_info
 from mmr1.tracking.secrets import check_training_args
 
 log = logging.getLogger("mmr1.reliability")
@@ -69,25 +71,13 @@ class _RestartCallback(TrainerCallback):
                     group["initial_lr"] *= self.lr_scale
             if hasattr(lr_scheduler, "base_lrs"):  # saved with later checkpoints: a resume keeps the lower lr
                 lr_scheduler.base_lrs = [lr * self.lr_scale for lr in lr_scheduler.base_lrs]
-            # Trainer logs get_last_lr(), which returns the private _last_lr until the next step; torch has no
-            # public setter (a refresh API is discussed in pytorch#104361). Pinned by test_private_hooks.py.
-            if getattr(lr_scheduler, "_last_lr", None):
-                lr_scheduler._last_lr = [lr * self.lr_scale for lr in lr_scheduler._last_lr]
+            scale_logged_lr(lr_scheduler, self.lr_scale)  # what the Trainer logs for this step
             self.lr_scale = 1.0
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.reseed is not None:
-            seed = self.reseed + int(getattr(args, "process_index", 0))
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
+            set_seed(self.reseed + int(getattr(args, "process_index", 0)))  # python, numpy, torch
             self.reseed = None
-
-
-def _insert_before(trainer: Any, before: Any, *callbacks: TrainerCallback) -> None:
-    cbs = trainer.callback_handler.callbacks
-    i = cbs.index(before) if before in cbs else len(cbs)
-    cbs[i:i] = callbacks
 
 
 def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None, metrics_cb: Any) -> RunResult:
@@ -97,12 +87,13 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
     check_training_args(trainer.args)
     install_weight_loader(trainer)
     # Rotation moves from Trainer to mmr1's checkpoint callback (complete checkpoints only, rollback target kept).
-    limit, trainer.args.save_total_limit = trainer.args.save_total_limit, None
+    limit = trainer.args.save_total_limit
+    set_args(trainer, save_total_limit=None)
     restart = _RestartCallback(trainer)
     guard = GuardCallback(gcfg, run_dir)
     interrupt = InterruptCallback(gcfg.save_on_interrupt)
     ckpt_cb = CheckpointCallback(limit, keep_before=guard.keep_before, save_extra=lambda p: save_grpo_state(trainer, p))
-    _insert_before(trainer, metrics_cb, restart, guard)
+    insert_callbacks(trainer, metrics_cb, restart, guard)
     for cb in (ckpt_cb, interrupt):
         trainer.add_callback(cb)
 
@@ -110,17 +101,12 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
     resume_step = _step_of(resume)
     rollbacks = sum(1 for e in read_events(run_dir) if e.get("event") == "rollback")
     earlier = sum(1 for e in read_events(run_dir) if e.get("event") == "rollback" and e["to_step"] < resume_step)
-    trainer.args.seed = base_seed + earlier * _SEED_STRIDE  # the data order the resumed trajectory had
+    set_args(trainer, seed=base_seed + earlier * _SEED_STRIDE)  # the data order the resumed trajectory had
     checkpoint = resume
     with interrupt.installed():
         while True:
             restart.checkpoint = checkpoint
-            if trainer.is_deepspeed_enabled and trainer.model_wrapped is not trainer.model:
-                # A rollback's second train(): accelerate's free_memory() destroyed the DeepSpeed engine, and
-                # Trainer, finding model_wrapped still wrapped, would skip accelerator.prepare (no new engine:
-                # "'NoneType' object has no attribute 'backward'"). The bare module gets a fresh engine, and
-                # Trainer's DeepSpeed resume loads the checkpoint's shards into it.
-                trainer.model_wrapped = trainer.model
+            rewrap_for_deepspeed(trainer)  # a rollback's second train(): a fresh engine, loaded by the resume
             trainer.train(resume_from_checkpoint=checkpoint)
             if interrupt.fired:
                 _exit_interrupted(trainer, interrupt, run_dir)
@@ -138,12 +124,10 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
                 if trainer.is_deepspeed_enabled:
                     # The live engine loads its own sharded states in place (as Trainer's load_best_model_at_end
                     # does); final/ is then gathered from them.
-                    from transformers.integrations.deepspeed import deepspeed_load_checkpoint
-
                     deepspeed_load_checkpoint(trainer.model_wrapped, str(target),
                                               load_module_strict=not hasattr(trainer.model, "peft_config"))
                 else:
-                    trainer._load_from_checkpoint(str(target))  # end on the weights from before the trip
+                    load_checkpoint(trainer, target)  # end on the weights from before the trip
                 _event(trainer, run_dir, "gave_up", trip, target, to_step, rollbacks, gcfg)
                 log.error("%s; gave up after %d rollback(s): final weights are %s's", trip.describe(),
                           rollbacks, target)
@@ -153,7 +137,7 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
             if trainer.is_world_process_zero():
                 metrics_cb.truncate_after(to_step, archive=run_dir / "metrics_rolled_back.jsonl")
                 clear_after(run_dir, to_step, f"rolled-back{rollbacks}")
-            trainer.args.seed = base_seed + rollbacks * _SEED_STRIDE
+            set_args(trainer, seed=base_seed + rollbacks * _SEED_STRIDE)
             restart.lr_scale = gcfg.lr_factor
             restart.reseed = trainer.args.seed
             guard.annotate = {"guard/rollbacks": rollbacks, "guard/rolled_back_from": trip.step}
@@ -176,8 +160,6 @@ def _event(trainer, run_dir: Path, kind: str, trip: Trip, target: Path, to_step:
 
 
 def _finish_curves(run_dir: Path) -> None:
-    from mmr1.tracking.curves import plot_curves
-
     try:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", events=curve_events(run_dir))
     except Exception as err:  # noqa: BLE001 - a plot must never hide why the run stopped
@@ -185,8 +167,6 @@ def _finish_curves(run_dir: Path) -> None:
 
 
 def _exit_interrupted(trainer: Any, interrupt: InterruptCallback, run_dir: Path) -> None:
-    from mmr1.run_dir import write_run_info
-
     step = trainer.state.global_step
     ckpt, _ = select_checkpoint(run_dir)
     if trainer.is_world_process_zero():

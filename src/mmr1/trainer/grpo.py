@@ -11,8 +11,10 @@ has not), so a rehearsal on CPU trains on the completions the GPU run would.
 A task mixture's rows carry ``task``: each reward's mean is also logged per task,
 ``rewards/<reward>/<task>/mean`` (mmr1.tracking.per_task).
 
-``dynamic_sampling=True`` (``trainer.dynamic_sampling``) hooks ``_generate_and_score_completions``: groups
-whose rewards all agree are dropped and refilled with fresh prompts (mmr1.dynamic_sampling).
+``dynamic_sampling=True`` (``trainer.dynamic_sampling``) hooks each generation round: groups whose rewards all
+agree are dropped and refilled with fresh prompts (mmr1.trainer.dynamic_sampling).
+
+TRL's private methods are reached through ``mmr1.internals.GRPOHooks``; this class overrides its public hooks only.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from trl import GRPOTrainer
+from accelerate.utils import gather_object
 
-from mmr1.dynamic_sampling import loss_tokens, refill_indices, sample_batch
+from mmr1.internals import GRPOHooks
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
+from mmr1.trainer.dynamic_sampling import loss_tokens, refill_indices, sample_batch
 
 IMAGE_MARK = "<image>"
 
@@ -58,7 +61,7 @@ def flat_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
-class Mmr1GRPOTrainer(GRPOTrainer):
+class Mmr1GRPOTrainer(GRPOHooks):
     """``GRPOTrainer`` with ``context_length`` and ``dynamic_sampling``: None / False keep TRL's behaviour exactly."""
 
     def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
@@ -89,28 +92,25 @@ class Mmr1GRPOTrainer(GRPOTrainer):
             raise ValueError("trainer.dynamic_sampling refills from the training set by index: it needs a map-style "
                              f"dataset, got {type(self.train_dataset).__name__}")
 
-    # Same signature as TRL 1.16's (pinned by tests/test_dynamic_sampling.py): the rewards gathered from every rank.
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+    def score(self, calculate, inputs):
+        """The rewards gathered from every rank; kept for dynamic sampling, and logged per task for a mixture."""
+        self._last_rewards_per_func = calculate()
         if inputs and "task" in inputs[0]:  # a task mixture (mmr1.data.mixture): each reward's mean per task
-            from accelerate.utils import gather_object
-
             # TRL returns the rewards gathered from every rank in rank order; the task labels gather alike.
             tasks = gather_object([x["task"] for x in inputs])
             mode = "train" if self.model.training else "eval"
             means = per_task_means(self._last_rewards_per_func.tolist(), tasks, self.reward_func_names)
             for key, value in means.items():
-                self._metrics[mode][key].append(value)
+                self.log_metric(mode, key, value)
         return self._last_rewards_per_func
 
-    # Same signature as TRL 1.16's (pinned by tests/test_dynamic_sampling.py); _prepare_inputs calls it once per
-    # generation round, so num_iterations > 1 and steps_per_generation reuse the filtered batch.
-    def _generate_and_score_completions(self, inputs):
+    def generate_and_score(self, run, inputs):
+        """Once per generation round, so num_iterations > 1 and steps_per_generation reuse the filtered batch."""
         if not self.dynamic_sampling or not self.model.training:
-            return super()._generate_and_score_completions(inputs)
+            return run(inputs)
         acc = self.accelerator
         generate_every = self.args.steps_per_generation * self.num_iterations
-        round_ = self._step // generate_every  # restored on resume (mmr1.reliability.resume)
+        round_ = self.micro_step // generate_every  # restored on resume (mmr1.reliability.resume)
 
         def any_rank(flag: bool) -> bool:
             return bool(acc.gather(torch.tensor([int(flag)], device=acc.device)).max().item())
@@ -120,13 +120,13 @@ class Mmr1GRPOTrainer(GRPOTrainer):
             return self._last_rewards_per_func
 
         batch, stats = sample_batch(
-            super()._generate_and_score_completions, inputs, lambda k: self._refill_rows(round_, k), last_rewards,
+            run, inputs, lambda k: self._refill_rows(round_, k), last_rewards,
             weights=self.reward_weights, num_generations=self._group_size(),
             max_batches=self.dynamic_sampling_max_batches, rank=acc.process_index, world=acc.num_processes,
-            any_rank=any_rank, pad_token_id=self._tokenizer.pad_token_id)
+            any_rank=any_rank, pad_token_id=self.text_tokenizer.pad_token_id)
         batch["num_items_in_batch"] = acc.gather(loss_tokens(batch)).sum()  # TRL's count, for the kept rows
         for key, value in stats.items():
-            self._metrics["train"][key].append(value)
+            self.log_metric("train", key, value)
         return batch
 
     def _local_rows(self) -> int:
@@ -153,31 +153,28 @@ class Mmr1GRPOTrainer(GRPOTrainer):
         # type inference rejects that column ("Data row contained incompatible types"): the seed's
         # `--log_completions true --report_to wandb` stopped at the first logged step (found by the rehearsal).
         # Flattened prompts read the same in the table, the rich printout and completions/*.parquet.
-        prompts = getattr(self, "_logs", {}).get("prompt")
+        prompts = self.logged_prompts()
         if self.log_completions and prompts:
             flat = [flat_messages(p) if isinstance(p, list) else p for p in prompts]
             prompts.clear()
             prompts.extend(flat)
         super().log(logs, start_time)
 
-    # Same signature as TRL 1.16's (tests/test_grpo_trainer.py pins it to the installed TRL).
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    def generate_turn(self, generate, prompt_ids):
         config = getattr(self, "generation_config", None)  # transformers generate only (TRL's hf path)
         saved = getattr(config, "max_new_tokens", None)
         if self.context_length is not None and config is not None and not self.use_vllm:
             # Generate no further than the roomiest prompt of the batch may keep: the rest would be cut anyway.
             config.max_new_tokens = max(1, min(saved, self.context_length - min(map(len, prompt_ids))))
         try:
-            completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            completion_ids, logprobs = generate()
         finally:
             if config is not None:
                 config.max_new_tokens = saved
         if self.banned_token_ids:
             completion_ids, logprobs, cuts = cut_at_vision_tokens(completion_ids, logprobs, self.banned_token_ids,
-                                                                  self._tokenizer.eos_token_id)
-            self._metrics["train" if self.model.training else "eval"]["rollout/vision_token_cuts"].append(float(cuts))
+                                                                  self.text_tokenizer.eos_token_id)
+            self.log_metric("train" if self.model.training else "eval", "rollout/vision_token_cuts", float(cuts))
         if self.context_length is None:
             return completion_ids, logprobs
         return cap_to_context(prompt_ids, completion_ids, logprobs, self.context_length, self.max_completion_length)

@@ -7,7 +7,7 @@ written to ``rehearsal.json``:
 - the weights: the embedded tiny Qwen2.5-VL in float32, keeping the experiment's processor limits
   (``model.min_pixels``/``max_pixels``) and its warm-start setting;
 - vLLM: transformers generate with the same sampling settings and the same context rule
-  (``rollout.max_model_len`` still ends completions, mmr1.grpo_trainer); or, with ``rehearsal.rollout=vllm``
+  (``rollout.max_model_len`` still ends completions, mmr1.trainer.grpo); or, with ``rehearsal.rollout=vllm``
   (vLLM's CPU build installed), vLLM itself in colocate mode: the experiment's server becomes an engine in this
   process, eager and with a 1 GiB KV cache, and vLLM enforces ``rollout.max_model_len``, the image limits and
   the sampling settings as on the GPUs;
@@ -33,9 +33,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmr1.typed import container
+from mmr1.config.typed import container
 
-log = logging.getLogger("mmr1.rehearsal")
+log = logging.getLogger("mmr1.config.rehearsal")
 HUB_SOURCES = ("hf", "modelscope")
 
 

@@ -1,4 +1,4 @@
-"""``python -m mmr1.report <sweep_dir> [...]``: (re)write a sweep's report.md, report.csv and overlay PNGs.
+"""``python -m mmr1.sweep.report <sweep_dir> [...]``: (re)write a sweep's report.md, report.csv and overlay PNGs.
 
 For sweeps run elsewhere or still running; a finished ``--multirun`` writes the same files itself
 (``mmr1.sweep.callback.SweepReport``). A run directory instead of a sweep directory gives a one-row report.
@@ -14,7 +14,7 @@ from mmr1.sweep.table import render_markdown, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmr1.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mmr1.sweep.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep directories (or single run directories)")
     parser.add_argument("--no-plots", action="store_true", help="table only (faster on huge sweeps)")
     args = parser.parse_args(argv)
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows = write_report(d, plots=not args.no_plots)
         except FileNotFoundError as err:
-            print(f"mmr1.report: {err}", file=sys.stderr)
+            print(f"mmr1.sweep.report: {err}", file=sys.stderr)
             status = 2
             continue
         # The table on stdout as well: the quickest look at a remote sweep.

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mmr1.config.typed import typed_config
 from mmr1.data.config import DatasetConfig, OnBadRow
 from mmr1.data.images import (
     BadImage,
@@ -32,7 +33,6 @@ from mmr1.data.images import (
 )
 from mmr1.data.sources import SOURCES
 from mmr1.data.swift_format import SwiftRowError, image_cells, is_swift_format, swift_prompt
-from mmr1.typed import typed_config
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,16 @@ class DataBundle:
 def load_system_prompt(path: str | None) -> str:
     """The file's text byte for byte (no strip: the seed passes prompt.txt verbatim)."""
     if path is None:
-        return (importlib.resources.files("mmr1") / "prompts" / "r1v_system.txt").read_text(encoding="utf-8")
+        return (importlib.resources.files("mmr1.data.prompts") / "r1v_system.txt").read_text(encoding="utf-8")
     prompt = Path(path).expanduser()
-    if not prompt.is_file():  # the dry run (mmr1.checks) gives this message too
+    if not prompt.is_file():  # the dry run (mmr1.config.checks) gives this message too
         raise FileNotFoundError(
             f"dataset.system_prompt {prompt} does not exist (a text file, or null for the seed's R1-V prompt)")
     return prompt.read_text(encoding="utf-8")
 
 
 def to_config(dataset_cfg: Any) -> DatasetConfig:
-    """Accept a DatasetConfig, an OmegaConf node or a plain dict; validate against the schema (mmr1.typed)."""
+    """Accept a DatasetConfig, an OmegaConf node or a plain dict; validate against the schema (mmr1.config.typed)."""
     return typed_config(DatasetConfig, dataset_cfg, key="dataset")
 
 

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, TrainerCallback
 
 from mmr1.config.grpo_args import checkpointing_field
+from mmr1.config.typed import container
 from mmr1.models.tiny import build_lock, cache_root
 from mmr1.rewards import get as get_reward
-from mmr1.typed import container
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     ws = cfg.model.warmstart
     ds_cfg = warmstart_data_cfg(cfg.dataset, ws)
     data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
-    # `image` or `images` (several per prompt, mmr1.data.build): TRL's SFTTrainer reads both.
+    # `image` or `images` (several per prompt, mmr1.data.datasets): TRL's SFTTrainer reads both.
     pics = [k for k in ("image", "images") if k in data.train.column_names]
     rows = [{"prompt": r["prompt"], **{k: r[k] for k in pics},
              "completion": [{"role": "assistant",

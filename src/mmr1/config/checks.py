@@ -6,9 +6,9 @@
   ``mmr1.data.sources.load_local``); ``dataset.image_dir``, when set, an existing directory.
 - ``dataset.source=hf|modelscope``: the hub id the source needs (``load_hf`` / ``load_modelscope``),
   and for modelscope the optional package.
-- ``dataset.system_prompt``, when set, an existing readable text file (``mmr1.data.build.load_system_prompt``
+- ``dataset.system_prompt``, when set, an existing readable text file (``mmr1.data.datasets.load_system_prompt``
   then reads it, exactly as the real run does).
-- The run directory writable with room to spare (``mmr1.run_dir.prepare_run_dir``, ``RunDirError``).
+- The run directory writable with room to spare (``mmr1.tracking.run_dir.prepare_run_dir``, ``RunDirError``).
 
 One problem raises that problem's own error (the type and message the real run would give); several
 raise ``RunnableCheckError`` listing each.
@@ -26,8 +26,8 @@ class RunnableCheckError(ValueError):
 
 
 def _dataset_problems(dataset_cfg: Any) -> list[Exception]:
-    from mmr1.data.build import load_system_prompt, to_config
     from mmr1.data.config import Source
+    from mmr1.data.datasets import load_system_prompt, to_config
 
     cfg = to_config(dataset_cfg)
     if cfg.tasks:  # a mixture (mmr1.data.mixture): what each task's build would fail on
@@ -72,7 +72,7 @@ def _dataset_problems(dataset_cfg: Any) -> list[Exception]:
 
 def check_runnable(cfg: Any, *, run_dir: str | Path | None = None) -> None:
     """Raise the error the real run would hit later (see the module docstring); return None if none."""
-    from mmr1.run_dir import RunDirError, prepare_run_dir
+    from mmr1.tracking.run_dir import RunDirError, prepare_run_dir
 
     problems = _dataset_problems(cfg.dataset)
     try:
