@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pandas as pd
 import pytest
 import wandb
-from trl import GRPOTrainer
 
-from mmr1.trainer.grpo import Mmr1GRPOTrainer, cap_to_context, flat_messages
+from mmr1.trainer.grpo import cap_to_context, flat_messages
 
 # A prompt as mmr1 builds it and TRL keeps it for log_completions (system turn as a list of text parts).
 PROMPT = [
     {"role": "system", "content": [{"type": "text", "text": "A conversation between User and Assistant."}]},
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many items are there?"}]},
 ]
-
-
-def test_override_keeps_trls_signature():
-    # The context cap hooks TRL's per-turn generation; a TRL that renames or reshapes it must fail here.
-    ours = inspect.signature(Mmr1GRPOTrainer._generate_single_turn)
-    assert ours == inspect.signature(GRPOTrainer._generate_single_turn)
-    assert "_generate_single_turn(" in inspect.getsource(GRPOTrainer._generate)
 
 
 def test_cap_to_context_cuts_each_completion_to_its_room():

@@ -1,5 +1,5 @@
-"""The two private hooks mmr1 keeps, each pinned to the installed library: when upstream changes or fixes
-what the hook works around, a test here fails and says which hook to drop or rewrite."""
+"""The checkpoint loader mmr1 installs, pinned to the installed transformers: when upstream fixes what it works
+around, the test fails and says to drop it (the other private accesses: tests/test_internals.py)."""
 
 from __future__ import annotations
 
@@ -37,12 +37,3 @@ def test_trainer_resume_still_misses_qwen2_5_vl_weights_and_the_hook_loads_them(
     install_weight_loader(hooked)
     hooked._load_from_checkpoint(str(ckpt))
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in hooked.model.state_dict().items())
-
-
-def test_get_last_lr_is_the_private_last_lr():
-    """The rollback's lr scale rewrites ``lr_scheduler._last_lr`` (runner._RestartCallback), because the
-    Trainer logs ``get_last_lr()`` and torch gives no public way to set it until the next step."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    sched._last_lr = [0.25]
-    assert sched.get_last_lr() == [0.25]
