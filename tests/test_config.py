@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from mmr1.config import CONF_DIR
 from mmr1.config.grpo_args import build_grpo_kwargs, checkpointing_field
 from mmr1.train import train
 from testkit import EXPERIMENTS, compose_cfg, run_cli
@@ -124,6 +125,29 @@ def test_group_yamls_are_deltas_over_the_schema(group):
         base = compose_cfg([f"{group}={parents[0]}"])[group] if parents else OmegaConf.structured(schema_type)
         for key, value in _leaves(OmegaConf.to_container(yaml)):
             assert OmegaConf.select(base, key) != value, f"{path.name}: {key}={value!r} repeats the default"
+
+
+def _defaults_as_overrides(defaults: list) -> list[str]:
+    """An experiment's defaults list as command-line overrides (`/recipe: x` -> `+recipe=x`, `override /g: x`)."""
+    out = []
+    for entry in defaults:
+        if entry == "_self_":
+            continue
+        (key, value), = entry.items()
+        group = key.removeprefix("override ").lstrip("/")
+        out.append(f"{group}={value}" if key.startswith("override ") else f"+{group}={value}")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")))
+def test_experiments_are_diffs_over_what_they_compose(name):
+    """An experiment sets no key to the value its recipe and group choices give it already."""
+    yaml = OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{name}.yaml")
+    base = compose_cfg(_defaults_as_overrides(list(yaml.pop("defaults", []))))
+    yaml.pop("hydra", None)  # Hydra's own settings (env_set) are not part of the job config
+    repeats = [f"{key}={value!r}" for key, value in _leaves(OmegaConf.to_container(yaml))
+               if OmegaConf.select(base, key) == value]
+    assert not repeats, f"experiment/{name}.yaml repeats: {repeats}"
 
 
 def _leaves(node, prefix=""):

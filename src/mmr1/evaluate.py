@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from mmr1.config import CONF_DIR
 from mmr1.config.schema import register_configs
 from mmr1.models.generation import generate, server_generate
+from mmr1.tracking.series import reward_roles
 
 log = logging.getLogger("mmr1.evaluate")
 
@@ -39,13 +40,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def reward_roles(names: list[str]) -> tuple[str, str | None]:
-    """(accuracy reward, format reward): the reward named like an accuracy, else the first non-format one."""
-    fmt = "format" if "format" in names else None
-    others = [n for n in names if n != fmt] or names
-    return next((n for n in others if "acc" in n.lower()), others[0]), fmt
 
 
 def score(reward_funcs, rows: list[dict], completions: list[list[dict]]) -> None:
@@ -142,6 +136,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     reward_funcs = build_reward_funcs(cfg.reward, out_path.parent)
     names = [fn.__name__ for fn in reward_funcs]
     acc, fmt = reward_roles(names)
+    acc = acc or names[0]  # only `format` configured: it is what there is to score
     tr = cfg.trainer
     max_new = ev.max_new_tokens or tr.max_completion_length
     sampling = {"temperature": tr.temperature if ev.temperature is None else ev.temperature,

@@ -10,8 +10,9 @@ import shutil
 import pytest
 import torch
 
-from mmr1.evaluate import pass_at_k, reward_roles
+from mmr1.evaluate import pass_at_k
 from mmr1.models.generation import completion_lengths
+from mmr1.tracking.series import reward_roles
 from testkit import run_cli
 
 # A tiny model gains nothing from a second OpenMP thread, and on shared cores it costs up to 5x

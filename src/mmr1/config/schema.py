@@ -32,7 +32,10 @@ class WarmStartConfig:
     # Stop once greedy held-out accuracy reaches the gate: the point is a model that follows the
     # format and is imperfect at the task, so that GRPO has something to improve.
     # 0.6, not the notes' 0.45: at 0.45 the gate can fire on a chance blip (3 classes: chance is 0.33 and
-    # 100 held-out rows swing by +-0.1) and GRPO then starts from a model that ignores the image.
+    # 100 held-out rows swing by +-0.1) and GRPO then starts from a model that ignores the image. Measured:
+    # the gate's 100 greedy answers hit 0.51 at step 135 by chance (0.32 five steps later), and GRPO from that
+    # model stayed at chance for 700 steps. The real transition is a plateau (0.45-0.69, steps 225-265) before a
+    # jump to 1.0 within 5 steps; 0.6 stops inside it and is 5 sigma above chance.
     gate_accuracy: float = 0.6
     gate_start: int = 100
     gate_every: int = 5
@@ -150,7 +153,7 @@ class OptimizerConfig:
     """AdamW (torch). Defaults: the embedded tiny CPU job; the seed's recipe sets its own."""
 
     name: str = "adamw_torch"
-    lr: float = 1e-4  # the tiny model: 1e-6 would not move a 1M-parameter model in minutes
+    lr: float = 1e-4  # the tiny model: 1e-6 would not move a 1M-parameter model; 1e-3 collapsed in ~80 steps
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

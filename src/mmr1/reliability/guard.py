@@ -29,24 +29,12 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mmr1.reliability.config import GuardAction, GuardConfig, as_guard_config
-from mmr1.tracking.jsonl import read_metrics
+from mmr1.tracking.jsonl import as_number, read_metrics
 
 log = logging.getLogger("mmr1.reliability")
 
 EVENTS_FILE = "guard_events.jsonl"
 _NOT_TRAIN_ROW = ("eval_", "train_runtime", "train_loss")
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
-        return float(v)  # metrics.jsonl stores non-finite values as strings
-    return None
 
 
 @dataclass
@@ -82,15 +70,15 @@ class CollapseDetector:
 
     def update(self, step: int, row: dict[str, Any]) -> Trip | None:
         for key in self.cfg.nonfinite_keys:
-            v = _num(row.get(key))
+            v = as_number(row.get(key))
             if v is not None and not math.isfinite(v):
                 self.streak.clear()
                 return Trip(step, "nonfinite", step, {key: v})
         rewards = {k: v for k, raw in row.items() if any(fnmatch.fnmatchcase(k, p) for p in self.cfg.reward_keys)
-                   if (v := _num(raw)) is not None and math.isfinite(v)}
+                   if (v := as_number(raw)) is not None and math.isfinite(v)}
         if not rewards:
             return None  # a step without rollouts (num_iterations > 1 reuse): no verdict, streak unchanged
-        spikes = {k: v for k in self.cfg.spike_keys if (v := _num(row.get(k))) is not None and math.isfinite(v)}
+        spikes = {k: v for k in self.cfg.spike_keys if (v := as_number(row.get(k))) is not None and math.isfinite(v)}
         numbers: dict[str, float] = {}
         dropped = spiked = False
         for k, v in rewards.items():

@@ -20,6 +20,23 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def as_number(value: Any) -> float | None:
+    """A logged value as a float (non-finite ones as ``jsonable`` stored them), or None when it is not a number.
+
+    >>> as_number(3), as_number("nan") != as_number("nan"), as_number("-inf"), as_number(True), as_number("x")
+    (3.0, True, -inf, None, None)
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(value)
+    return None
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a metrics.jsonl; a torn last line (killed mid-write) is ignored."""
     rows: list[dict] = []
