@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from mmr1.config.grpo_args import build_grpo_kwargs, checkpointing_field
+from mmr1.models import EMBEDDED_MODEL
 from testkit import compose_cfg
 
 
 def test_tiny_count_recipe(tmp_path):
     cfg = compose_cfg(["+experiment=tiny_count"], run_dir=tmp_path)
-    assert cfg.model.name_or_path == "tiny_qwen2_5_vl" and cfg.model.warmstart.enabled
+    assert cfg.model.name_or_path == EMBEDDED_MODEL and cfg.model.warmstart.enabled
     assert cfg.model.warmstart.gate_accuracy == 0.6 and cfg.dataset.name == "synthetic_count"
     assert cfg.dataset.eval_size > 0  # the held-out split mmr1.evaluate and the in-training eval use
     args = build_grpo_kwargs(cfg, tmp_path)

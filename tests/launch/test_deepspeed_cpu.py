@@ -99,12 +99,13 @@ def test_zero_trains_on_two_cpu_ranks_and_saves_deepspeed_checkpoints(stage, tmp
         import torch
 
         from mmr1.launch.memory import arch_from_config, model_config
+        from mmr1.models import EMBEDDED_MODEL
         from testkit import changed_parts
 
         flat = [torch.load(ckpt / "global_step4" / per_rank.format(r), map_location="cpu", weights_only=False)
                 ["optimizer_state_dict"]["fp32_flat_groups"] for r in (0, 1)]
         assert sum(t.numel() for groups in flat for t in groups) == arch_from_config(
-            model_config("tiny_qwen2_5_vl")).n_params_text
+            model_config(EMBEDDED_MODEL)).n_params_text
         start = json.loads((run / "run_info.json").read_text())["model_path"]
         assert changed_parts(start, run / "final") == {"language_model": True, "vision_tower": False,
                                                        "aligner": False}

@@ -34,6 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mmr1.config.typed import container
+from mmr1.models.loading import EMBEDDED_MODEL
 
 log = logging.getLogger("mmr1.config.rehearsal")
 HUB_SOURCES = ("hf", "modelscope")
@@ -64,7 +65,7 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     t = cfg.trainer
     steps = int(cfg.rehearsal.max_steps)
     # Weights, precision, rollouts, DeepSpeed, processes: what needs a GPU or a download.
-    swap("model.name_or_path", "tiny_qwen2_5_vl")
+    swap("model.name_or_path", EMBEDDED_MODEL)
     swap("model.torch_dtype", "float32")
     swap("model.attn_implementation", None)
     if cfg.model.train_type == "qlora":  # bitsandbytes' 4-bit layers need a GPU; the adapters stay the experiment's

@@ -24,6 +24,7 @@ from mmr1.launch.layout import Layout, LayoutError, in_launched_rank, resolve_la
 from mmr1.launch.plan import accelerate_command, build_plan, launcher_env
 from mmr1.launch.procs import ChildExited, Supervisor, Terminated
 from mmr1.launch.vllm_server import server_url, wait_healthy
+from mmr1.models.loading import EMBEDDED_MODEL
 from mmr1.rollout.vllm_engine import vllm_build
 
 log = logging.getLogger("mmr1.launch")
@@ -97,7 +98,7 @@ def _check_can_run(cfg: DictConfig, plan: dict) -> None:
 def _prepare_model(cfg: DictConfig) -> str | None:
     """Build embedded models and warm-starts once, here, so that the ranks (and the vLLM server) find
     them cached instead of racing to build them; returns the path they will load."""
-    if cfg.model.name_or_path != "tiny_qwen2_5_vl" and not cfg.model.warmstart.enabled:
+    if cfg.model.name_or_path != EMBEDDED_MODEL and not cfg.model.warmstart.enabled:
         return None
     from mmr1.models.policy import prepare_policy
 

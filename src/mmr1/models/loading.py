@@ -8,11 +8,14 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
+# `model.name_or_path` of the embedded default: built locally from a config (mmr1.models.tiny), never downloaded.
+EMBEDDED_MODEL = "tiny_qwen2_5_vl"
+
 
 def resolve_model_path(model_cfg: DictConfig) -> str:
     """The directory or hub id to load: embedded builders and warm-starts are built (cached) here."""
     name = model_cfg.name_or_path
-    if name == "tiny_qwen2_5_vl":
+    if name == EMBEDDED_MODEL:
         from mmr1.models.tiny import tiny_qwen2_5_vl_path
 
         path = str(tiny_qwen2_5_vl_path())
