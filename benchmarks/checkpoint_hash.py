@@ -3,8 +3,9 @@
     python benchmarks/checkpoint_hash.py                    # ~1 minute on 2 cores (trains 2 tiny steps)
     python benchmarks/checkpoint_hash.py --checkpoint RUN/checkpoint-4 --mb 2048 --dir /scratch
 
-Part 1, a file of ``--mb`` MiB in ``--dir``: MB/s of blake2b, xxh3_64 and xxh3_128 in memory, then over the
-file through mmr1's own reader (``hashes.chunk_digest``, parallel chunks), warm (page cache: what the
+Part 1, a file of ``--mb`` MiB in ``--dir``: MB/s of blake2b, xxh3_64 and xxh3_128 (what mmr1 writes) in
+memory, then over the file through mmr1's own reader (``hashes.chunk_digests``, parallel chunks; the other two
+through a copy of it, ``read_chunks``, with their hasher), warm (page cache: what the
 marker write after Trainer's save sees) and cold (pages dropped with posix_fadvise: what a resume on a fresh
 node sees), against the named reference "reading the file once" and the size-only check.
 Part 2, the tiny model's checkpoint (a real 2-step run, or ``--checkpoint``): Trainer's save, the marker
@@ -21,16 +22,23 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import xxhash
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mmr1.reliability import checkpoints  # noqa: E402
-from mmr1.reliability import hashes as ck  # noqa: E402
+from mmr1.reliability import checkpoints as ck  # noqa: E402
+from mmr1.reliability import hashes  # noqa: E402
 
-ALGORITHMS = ["blake2b", "xxh3_64", "xxh3_128"]
+# The candidates compared; mmr1 computes one of them, hashes.ALGORITHM (xxh3_128).
+HASHERS: dict[str, Callable[[], Any]] = {"blake2b": lambda: hashlib.blake2b(digest_size=16),
+                                         "xxh3_64": xxhash.xxh3_64, "xxh3_128": xxhash.xxh3_128}
+ALGORITHMS = list(HASHERS)
 MB = 1e6
 
 
@@ -64,31 +72,48 @@ def best_of(fn, reps: int, before=None) -> float:
 
 
 def hash_file(path: Path, algorithm: str) -> None:
+    """Every chunk of ``path``: through mmr1's own code for the algorithm it writes, else its reader's copy."""
+    if algorithm != hashes.ALGORITHM:
+        read_chunks(path, HASHERS[algorithm])
+        return
     size = path.stat().st_size
-    ck.chunk_digests([(path, i) for i in range(ck.n_chunks(size, ck.CHUNK_BYTES))], algorithm, ck.CHUNK_BYTES)
+    hashes.chunk_digests([(path, i) for i in range(hashes.n_chunks(size, hashes.CHUNK_BYTES))], hashes.CHUNK_BYTES)
 
 
-def read_chunks(path: Path) -> None:
-    """mmr1's chunked parallel reader (hashes.chunk_digest) without the hash: the read's own cost."""
+def hash_checkpoint(ckpt: Path, files: dict[str, int], algorithm: str) -> None:
+    """The marker's hashes of a checkpoint: mmr1's hash_files for the algorithm it writes."""
+    if algorithm == hashes.ALGORITHM:
+        hashes.hash_files(ckpt, files)
+    else:
+        for rel in files:
+            read_chunks(ckpt / rel, HASHERS[algorithm])
+
+
+def read_chunks(path: Path, new_hasher: Callable[[], Any] | None = None) -> None:
+    """mmr1's chunked parallel reader (hashes.chunk_digest) with another hasher, or without one: the read's
+    own cost."""
     def one(i: int) -> None:
-        buf = memoryview(bytearray(ck.BLOCK))
+        h = new_hasher() if new_hasher else None
+        buf = memoryview(bytearray(hashes.BLOCK))
         with open(path, "rb", buffering=0) as f:
-            f.seek(i * ck.CHUNK_BYTES)
-            left = ck.CHUNK_BYTES
+            f.seek(i * hashes.CHUNK_BYTES)
+            left = hashes.CHUNK_BYTES
             while left and (n := f.readinto(buf[:min(left, len(buf))])):
+                if h is not None:
+                    h.update(buf[:n])
                 left -= n
 
-    with ThreadPoolExecutor(ck.THREADS) as pool:
-        list(pool.map(one, range(ck.n_chunks(path.stat().st_size, ck.CHUNK_BYTES))))
+    with ThreadPoolExecutor(hashes.THREADS) as pool:
+        list(pool.map(one, range(hashes.n_chunks(path.stat().st_size, hashes.CHUNK_BYTES))))
 
 
 def part1(mb: int, where: str | None, reps: int) -> dict[str, float]:
     rates: dict[str, float] = {}
-    print(f"# part 1: throughput (MB/s, best of {reps}; {ck.THREADS} hashing thread(s), "
-          f"{ck.CHUNK_BYTES >> 20} MiB chunks)")
+    print(f"# part 1: throughput (MB/s, best of {reps}; {hashes.THREADS} hashing thread(s), "
+          f"{hashes.CHUNK_BYTES >> 20} MiB chunks)")
     buf = os.urandom(64 << 20)
     for algo in ALGORITHMS:
-        rates[f"mem {algo}"] = len(buf) / MB / best_of(lambda a=algo: ck.new_hasher(a).update(buf), reps)
+        rates[f"mem {algo}"] = len(buf) / MB / best_of(lambda a=algo: HASHERS[a]().update(buf), reps)
     rates["mem sha256 (for scale)"] = len(buf) / MB / best_of(lambda: hashlib.sha256(buf).digest(), reps)
     with tempfile.TemporaryDirectory(dir=where) as d:
         path = Path(d) / "blob.bin"
@@ -99,7 +124,7 @@ def part1(mb: int, where: str | None, reps: int) -> dict[str, float]:
             os.fsync(f.fileno())
         size = path.stat().st_size / MB
         read_once(path)
-        threads = f"{ck.THREADS} threads"
+        threads = f"{hashes.THREADS} threads"
         rates["warm reference: reading the file once"] = size / best_of(lambda: read_chunks(path), reps)
         rates["warm   (plain sequential read, 1 thread)"] = size / best_of(lambda: read_once(path), reps)
         for algo in ALGORITHMS:
@@ -156,7 +181,7 @@ def tiny_checkpoint(out: Path) -> tuple[Path, float, float]:
 
 
 def part2(ckpt: Path, save_s: float | None, marker_s: float | None, reps: int) -> None:
-    files = checkpoints._files(ckpt)
+    files = ck._files(ckpt)
     total = sum(files.values())
     print(f"\n# part 2: the tiny model's checkpoint {ckpt} ({len(files)} files, {total / MB:.1f} MB; "
           f"best of {reps})")
@@ -166,7 +191,7 @@ def part2(ckpt: Path, save_s: float | None, marker_s: float | None, reps: int) -
     no_hash = best_of(lambda: ck.write_marker(ckpt, 0, fsync=False, hashes=False), reps)
     print(f"  marker, sizes only (no fsync)                       {no_hash * 1e3:8.1f} ms")
     for algo in ALGORITHMS:
-        t = best_of(lambda a=algo: ck.hash_files(ckpt, files, a), reps)
+        t = best_of(lambda a=algo: hash_checkpoint(ckpt, files, a), reps)
         print(f"  + hashes {algo:10s} (warm, while in page cache)    {t * 1e3:8.1f} ms   {total / MB / t:6.0f} MB/s")
     ck.write_marker(ckpt, 2, fsync=False)  # a real marker again (xxh3_128)
     cold = lambda: [drop_cache(ckpt / rel) for rel in files]  # noqa: E731
@@ -188,8 +213,8 @@ def part3(rates: dict[str, float]) -> None:
           "weights would add 12 GB)")
     for name, sizes in layouts.items():
         total = sum(sizes)
-        sampled = sum(min(ck.CHUNK_BYTES, s - i * ck.CHUNK_BYTES) for s in sizes
-                      for i in ck.sample_chunks(ck.n_chunks(s, ck.CHUNK_BYTES)))
+        sampled = sum(min(hashes.CHUNK_BYTES, s - i * hashes.CHUNK_BYTES) for s in sizes
+                      for i in hashes.sample_chunks(hashes.n_chunks(s, hashes.CHUNK_BYTES)))
         print(f"  {name}: {total / gib:.1f} GiB (sample reads {sampled / gib:.2f} GiB = {sampled / total:.1%})")
         print(f"    save, every byte hashed by rank 0 from the page cache: xxh3_128 {total / MB / warm:5.1f} s "
               f"({warm:.0f} MB/s measured), blake2b {total / MB / rates['warm blake2b']:5.1f} s")

@@ -132,9 +132,14 @@ def test_collapse_verdicts(tmp_path):
         "collapsed": make_run(tmp_path, "collapsed", [], metric_rows(collapsed, grad_norm=grad)),
         "drop": make_run(tmp_path, "drop", [], metric_rows(collapsed)),
         "nan": make_run(tmp_path, "nan", [], metric_rows([0.5] * 3, loss=[0.1, "nan", 0.1])),
+        # What the guard writes (GuardCallback.on_log, then the run loop's _event for the rollback).
         "guard": make_run(tmp_path, "guard", [], metric_rows(healthy), guard_events__jsonl=[
-            {"event": "trip", "step": 7, "reason": "grad_norm spike", "action": "rollback"},
-            {"event": "rollback", "to_step": 5}]),
+            {"event": "trip", "action": "rollback", "step": 7, "reason": "collapse", "streak_start": 5,
+             "numbers": {"rewards/accuracy/mean": 0.1, "rewards/accuracy/mean/running_mean": 0.9,
+                         "rewards/accuracy/mean/drop": 0.8, "grad_norm": 50.0, "grad_norm/running_mean": 0.5,
+                         "grad_norm/ratio": 100.0}},
+            {"event": "rollback", "step": 7, "to_step": 4, "checkpoint": "guard/checkpoint-4", "rollbacks": 1,
+             "lr_factor": 0.5}]),
     }
     verdict = {name: collapse_verdict(read_run(path)) for name, path in runs.items()}
     assert verdict["short"] == "-" and verdict["healthy"] == "no"
@@ -142,7 +147,7 @@ def test_collapse_verdicts(tmp_path):
     assert verdict["collapsed"].startswith("yes (guard replay: guard trip at step 23 (collapse, streak from step 21)")
     assert verdict["drop"] == "no"  # a drop without a spike is not the seed's collapse, for the guard either
     assert verdict["nan"].startswith("yes (guard replay: guard trip at step 2 (nonfinite")
-    assert verdict["guard"] == "yes (guard: 1 trip(s), first at step 7: grad_norm spike -> rollback)"
+    assert verdict["guard"] == "yes (guard: 1 trip(s), first at step 7: collapse -> rollback)"
 
 
 def test_report_cli_single_run_and_missing_dir(tmp_path):

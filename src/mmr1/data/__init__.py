@@ -1,11 +1,12 @@
 """mmr1's data layer: the seed's three tasks (hub, local or synthetic), one image resolution, bad rows.
 
-Public API (what the training spine calls)::
+Public API (what the training spine calls: mmr1.trainer.steps.load_data)::
 
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     bundle = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                            seed=cfg.seed)
-    preflight(processor, bundle, max_length=..., context=..., max_completion_length=...)
+                            seed=cfg.trainer.seed)
+    preflight(processor, bundle, max_length=cfg.trainer.max_length, context=cfg.rollout.max_model_len,
+              max_completion_length=cfg.trainer.max_completion_length)
 """
 
 from mmr1.data.catalog import Registry

@@ -6,7 +6,7 @@ The data layer keeps two: ``SOURCES`` (where raw rows come from: hf, modelscope,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,12 +33,6 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}") from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -1,7 +1,7 @@
-"""Content hashes (marker field ``hashes``): one xxh3_128 digest per 16 MiB chunk of every file (blake2b
-when xxhash is missing), computed by rank 0 right after Trainer's save, while the files are still in
-the page cache (Trainer and safetensors write the files themselves: hashing during the write would
-mean patching their writers). Resume re-reads what ``MMR1_CHECKPOINT_VERIFY`` says:
+"""Content hashes (marker field ``hashes``): one xxh3_128 digest per 16 MiB chunk of every file, computed
+by rank 0 right after Trainer's save, while the files are still in the page cache (Trainer and
+safetensors write the files themselves: hashing during the write would mean patching their writers).
+Resume re-reads what ``MMR1_CHECKPOINT_VERIFY`` says:
 
 - ``sample`` (default): every file's size; every chunk of each file up to 256 MiB (config, trainer
   state, RNG, scheduler, GRPO buffer, and the whole tiny model); of larger files the first, the last and
@@ -16,7 +16,6 @@ mean patching their writers). Resume re-reads what ``MMR1_CHECKPOINT_VERIFY`` sa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -24,49 +23,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import xxhash  # a dependency (pyproject.toml: >= 3 releases the GIL, which parallel hashing needs)
+
 log = logging.getLogger("mmr1.reliability")
 
 # Content hashes: one digest per chunk (a file's digest list); "sample" reads the chunks sample_chunks picks.
 CHUNK_BYTES = 16 << 20
 SAMPLE_STRIDE = 16  # files of up to 16 chunks (256 MiB) are read whole; larger ones every 16th chunk + the last
 BLOCK = 1 << 20  # read size
-THREADS = max(1, min(8, os.cpu_count() or 1))  # hashlib and xxhash (>= 3) release the GIL
+THREADS = max(1, min(8, os.cpu_count() or 1))  # chunks hashed in parallel threads (xxhash releases the GIL)
+ALGORITHM = "xxh3_128"  # ~9 GB/s a core (benchmarks/checkpoint_hash.py); the marker records it by name
 
 
-def hash_algorithm() -> str:
-    """What new markers record: xxh3_128 (~9 GB/s a core, benchmarks/checkpoint_hash.py), else blake2b."""
-    try:
-        import xxhash  # noqa: F401 - a dependency of datasets; xxhash >= 3 releases the GIL
-    except ImportError:  # pragma: no cover - present wherever datasets is
-        return "blake2b"
-    return "xxh3_128"
-
-
-def new_hasher(algorithm: str) -> Any:
-    if algorithm == "xxh3_128":
-        import xxhash
-
-        return xxhash.xxh3_128()
-    if algorithm == "xxh3_64":
-        import xxhash
-
-        return xxhash.xxh3_64()
-    if algorithm == "blake2b":
-        return hashlib.blake2b(digest_size=16)
-    raise ValueError(f"unknown checkpoint hash algorithm {algorithm!r}")
-
-
-def can_hash(algorithm: str) -> bool:
-    try:
-        new_hasher(algorithm)
-    except (ImportError, ValueError):
-        return False
-    return True
-
-
-def chunk_digest(path: Path, index: int, algorithm: str, chunk_bytes: int) -> str:
-    """Digest of bytes ``[index * chunk_bytes, (index + 1) * chunk_bytes)`` of ``path``."""
-    h = new_hasher(algorithm)
+def chunk_digest(path: Path, index: int, chunk_bytes: int) -> str:
+    """xxh3_128 digest of bytes ``[index * chunk_bytes, (index + 1) * chunk_bytes)`` of ``path``."""
+    h = xxhash.xxh3_128()
     buf = memoryview(bytearray(min(BLOCK, chunk_bytes)))
     with open(path, "rb", buffering=0) as f:
         f.seek(index * chunk_bytes)
@@ -91,21 +62,20 @@ def sample_chunks(n: int) -> list[int]:
     return sorted(set(range(0, n, SAMPLE_STRIDE)) | {n - 1})
 
 
-def chunk_digests(jobs: list[tuple[Path, int]], algorithm: str, chunk_bytes: int) -> list[str]:
+def chunk_digests(jobs: list[tuple[Path, int]], chunk_bytes: int) -> list[str]:
     if len(jobs) <= 1 or THREADS == 1:
-        return [chunk_digest(p, i, algorithm, chunk_bytes) for p, i in jobs]
+        return [chunk_digest(p, i, chunk_bytes) for p, i in jobs]
     with ThreadPoolExecutor(THREADS, thread_name_prefix="mmr1-hash") as pool:
-        return list(pool.map(lambda job: chunk_digest(job[0], job[1], algorithm, chunk_bytes), jobs))
+        return list(pool.map(lambda job: chunk_digest(job[0], job[1], chunk_bytes), jobs))
 
 
-def hash_files(ckpt: Path, files: dict[str, int], algorithm: str | None = None,
-               chunk_bytes: int | None = None) -> dict[str, Any]:
+def hash_files(ckpt: Path, files: dict[str, int], chunk_bytes: int | None = None) -> dict[str, Any]:
     """The marker's ``hashes`` field: every chunk of every file (chunks hashed in parallel threads)."""
-    algorithm, chunk_bytes = algorithm or hash_algorithm(), chunk_bytes or CHUNK_BYTES
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     jobs = [(ckpt / rel, i) for rel, size in files.items() for i in range(n_chunks(size, chunk_bytes))]
-    found = iter(chunk_digests(jobs, algorithm, chunk_bytes))
+    found = iter(chunk_digests(jobs, chunk_bytes))
     digests = {rel: [next(found) for _ in range(n_chunks(size, chunk_bytes))] for rel, size in files.items()}
-    return {"algorithm": algorithm, "chunk_bytes": chunk_bytes, "files": digests}
+    return {"algorithm": ALGORITHM, "chunk_bytes": chunk_bytes, "files": digests}
 
 
 def verify_content(ckpt: Path, files: dict[str, int], hashes: dict | None, level: str) -> str:
@@ -115,9 +85,9 @@ def verify_content(ckpt: Path, files: dict[str, int], hashes: dict | None, level
                     ckpt)
         return ""
     algorithm, chunk_bytes = hashes.get("algorithm", ""), int(hashes.get("chunk_bytes", CHUNK_BYTES))
-    if not can_hash(algorithm):
-        log.warning("%s: content hashes are %s, which this environment cannot compute (pip install xxhash): "
-                    "checked file sizes only", ckpt, algorithm)
+    if algorithm != ALGORITHM:  # a marker this mmr1 did not write (hand-made, or a later format)
+        log.warning("%s: content hashes are %s, which this mmr1 does not compute (it writes %s): "
+                    "checked file sizes only", ckpt, algorithm, ALGORITHM)
         return ""
     recorded = hashes.get("files", {})
     jobs = []
@@ -127,7 +97,7 @@ def verify_content(ckpt: Path, files: dict[str, int], hashes: dict | None, level
         jobs += [(rel, i) for i in picks]
     started = time.perf_counter()
     try:
-        found = chunk_digests([(ckpt / rel, i) for rel, i in jobs], algorithm, chunk_bytes)
+        found = chunk_digests([(ckpt / rel, i) for rel, i in jobs], chunk_bytes)
     except OSError as err:
         return f"{ckpt}: a file cannot be read back ({err})"
     read = sum(min(chunk_bytes, files[rel] - i * chunk_bytes) for rel, i in jobs)

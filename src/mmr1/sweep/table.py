@@ -39,8 +39,10 @@ def _tail_mean(ys: list[float]) -> float | None:
 
 
 def guard_trips(rec: RunRecord) -> list[dict]:
-    """The collapse guard's trips (guard_events.jsonl also records its rollbacks and give-ups)."""
-    return [e for e in rec.guard_events if e.get("event", "trip") == "trip"]
+    """The collapse guard's trips (guard_events.jsonl also records its rollbacks and give-ups). A trip is
+    GuardCallback.on_log's record (mmr1.reliability.guard): ``event``, ``action`` and the Trip's fields
+    (``step``, ``reason``, ``streak_start``, ``numbers``)."""
+    return [e for e in rec.guard_events if e.get("event") == "trip"]
 
 
 def collapse_verdict(rec: RunRecord) -> str:
@@ -50,9 +52,7 @@ def collapse_verdict(rec: RunRecord) -> str:
     trips = guard_trips(rec)
     if trips:
         ev = trips[0]
-        why = next((str(ev[k]) for k in ("reason", "trigger", "kind", "message", "label") if ev.get(k)), "trip")
-        action = f" -> {ev['action']}" if ev.get("action") else ""
-        return f"yes (guard: {len(trips)} trip(s), first at step {ev.get('step', '?')}: {why}{action})"
+        return f"yes (guard: {len(trips)} trip(s), first at step {ev['step']}: {ev['reason']} -> {ev['action']})"
     from mmr1.reliability.config import as_guard_config
     from mmr1.reliability.guard import CollapseDetector
 
@@ -212,8 +212,7 @@ def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> li
                 if ex:
                     ax.plot(ex, ey, color=color, ls="none", marker="o", ms=6, mec="black", mew=0.8)
             for ev in guard_trips(rec):
-                if "step" in ev:
-                    ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
+                ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
             drawn += 1
         if no_kl:
             note = "KL not computed (beta=0): " + ", ".join(no_kl)
