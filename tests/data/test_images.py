@@ -19,13 +19,26 @@ from mmr1.data.images import (
 )
 
 
-def test_smart_resize_matches_transformers():
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
+def test_smart_resize_is_the_processors_own_resize():
+    """mmr1 resizes before TRL so that the processor's resize is a no-op: the sizes must be the processor's.
+    Qwen2VLImageProcessor (the class mmr1's models load) reports what it resized to as the patch grid."""
+    from transformers import Qwen2VLImageProcessor
 
-    for h, w, mx in itertools.product((1, 13, 28, 84, 333, 1080), (7, 56, 500, 1920), (3136, 262144, 401408)):
-        if max(h, w) / min(h, w) > 200:
-            continue
-        assert smart_resize(h, w, max_pixels=mx) == hf_smart_resize(h, w, min_pixels=QWEN_MIN_PIXELS, max_pixels=mx)
+    shapes = [(h, w) for h, w in itertools.product((1, 13, 28, 84, 333, 1080), (7, 56, 500, 1920))
+              if max(h, w) / min(h, w) <= 200]
+    for mn, mx in ((QWEN_MIN_PIXELS, 3136), (QWEN_MIN_PIXELS, 262144), (QWEN_MIN_PIXELS, 401408), (50000, 401408)):
+        processor = Qwen2VLImageProcessor(min_pixels=mn, max_pixels=mx)
+        images = [Image.new("RGB", (w, h)) for h, w in shapes]
+        grids = processor(images=images, return_tensors="pt")["image_grid_thw"].tolist()
+        patch = processor.patch_size
+        resized = [(gh * patch, gw * patch) for _, gh, gw in grids]
+        assert resized == [smart_resize(h, w, min_pixels=mn, max_pixels=mx) for h, w in shapes], (mn, mx)
+
+
+def test_an_extreme_aspect_ratio_is_a_bad_image():
+    with pytest.raises(BadImage, match="aspect ratio 201 exceeds 200"):
+        smart_resize(1, 201)
+    assert smart_resize(1, 200) == (28, 812)  # 200 is allowed (and upscaled to min_pixels)
 
 
 @pytest.mark.parametrize("size", [(84, 84), (640, 480), (3000, 2000), (60, 20), (20000, 300)])

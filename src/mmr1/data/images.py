@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import math
 import os
 import warnings
 from collections import Counter, OrderedDict
@@ -51,27 +50,23 @@ def smart_resize(
     height: int, width: int, factor: int = FACTOR, min_pixels: int = QWEN_MIN_PIXELS,
     max_pixels: int = QWEN_MAX_PIXELS,
 ) -> tuple[int, int]:
-    """Qwen's rule (same as transformers' qwen2_vl ``smart_resize``): sides multiples of ``factor``,
-    pixel count within [min_pixels, max_pixels], aspect ratio kept as closely as possible.
+    """Qwen's rule, transformers' own (models/qwen2_vl/image_processing_qwen2_vl.py ``smart_resize``, what
+    Qwen2VLImageProcessor.resize calls): sides multiples of ``factor``, pixel count within
+    [min_pixels, max_pixels], aspect ratio kept as closely as possible. mmr1's defaults are the hub
+    checkpoints' limits, not the library's class defaults; an aspect ratio over 200 is a BadImage.
 
     >>> smart_resize(84, 84)
     (84, 84)
     >>> smart_resize(1000, 2000, max_pixels=262144)
     (336, 700)
     """
+    # Checked here: the library raises a plain ValueError for it, and a bad image must say it is one.
     if max(height, width) / min(height, width) > MAX_ASPECT:
         raise BadImage(f"aspect ratio {max(height, width) / min(height, width):.0f} exceeds {MAX_ASPECT}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    # Imported on first use: the module imports torch, which the dry run (it imports this one) never needs.
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as qwen_smart_resize
+
+    return qwen_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def _env_int(name: str, env: Any) -> int | None:
