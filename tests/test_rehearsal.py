@@ -70,6 +70,23 @@ def test_rehearsal_keeps_the_generation_batch_and_swaps_only_what_needs_a_gpu(ex
     assert {"model.name_or_path", "rollout.backend", "deepspeed.enabled", "launcher.nproc_per_node"} <= changed
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_cpu_preset_takes_the_rehearsals_hardware_swaps_and_shrinks_the_rest(experiment, tmp_path):
+    """One home for what a CPU needs: +preset=cpu swaps exactly the rehearsal's hardware settings (the same
+    table), and its own YAML, not the rehearsal's layout rule, sets the batch and the steps."""
+    rehearsal = compose_cfg([f"+experiment={experiment}", "+preset=rehearsal"], run_dir=tmp_path)
+    cpu = compose_cfg([f"+experiment={experiment}", "+preset=cpu"], run_dir=tmp_path)
+    hardware = ("model.", "trainer.bf16", "rollout.", "deepspeed.", "launcher.", "dataset.source",
+                "dataset.tasks.")
+    swapped = {s["setting"]: s["rehearsal"] for s in apply_rehearsal(cpu)}
+    expected = {s["setting"]: s["rehearsal"] for s in apply_rehearsal(rehearsal)
+                if s["setting"].startswith(hardware) and not s["setting"].endswith(("num_samples", "eval_size"))}
+    assert swapped == expected and "model.name_or_path" in swapped
+    t = cpu.trainer
+    assert (t.gradient_accumulation_steps, t.per_device_train_batch_size, t.max_steps) == (1, 16, 50)
+    assert not cpu.model.warmstart.enabled and list(cpu.logger.report_to) == []  # logger=none: no wandb
+
+
 def _rows_needed(experiment: str) -> int:
     prompts, gens = SEED_BATCH[experiment]
     train = prompts * (2 // SEED_ITERATIONS[experiment])  # a generation batch serves num_iterations steps

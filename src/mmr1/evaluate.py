@@ -16,6 +16,7 @@ What is evaluated (``eval.checkpoint``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -23,11 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
+from trl.generation.vllm_client import VLLMClient
 
 from mmr1.config import CONF_DIR
 from mmr1.config.schema import register_configs
+from mmr1.data import build_datasets, resolve_pixel_limits
+from mmr1.models import load_model, load_processor, resolve_model_path
 from mmr1.models.generation import generate, server_generate
+from mmr1.models.policy import prepare_policy
+from mmr1.rewards import build_reward_funcs
+from mmr1.rewards import shutdown as shutdown_rewards
+from mmr1.tracking.run_dir import prepare_run_dir, write_json
 from mmr1.tracking.series import reward_roles
 
 log = logging.getLogger("mmr1.evaluate")
@@ -72,9 +82,6 @@ def summarize(completions: list[dict], acc: str, fmt: str | None, names: list[st
 
 def resolve_target(cfg: DictConfig, limits) -> tuple[str, str, Path | None]:
     """(model path, processor path, run dir the result belongs to or None)."""
-    from mmr1.models import resolve_model_path
-    from mmr1.models.policy import prepare_policy
-
     ckpt = cfg.eval.checkpoint
     if ckpt is None:
         start = prepare_policy(cfg).path  # the model GRPO would start from (its warm-start, if any)
@@ -93,59 +100,91 @@ def resolve_target(cfg: DictConfig, limits) -> tuple[str, str, Path | None]:
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run the evaluation described by ``cfg.eval``; write and return the eval.json content."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from mmr1.data import build_datasets, resolve_pixel_limits
-    from mmr1.models import load_model, load_processor
-    from mmr1.rewards import build_reward_funcs
-    from mmr1.tracking.run_dir import prepare_run_dir
-
     ev = cfg.eval
-    if ev.num_samples and max(ev.pass_k) > ev.num_samples:
-        raise ValueError(f"eval.pass_k={list(ev.pass_k)} needs eval.num_samples >= {max(ev.pass_k)}")
-    if not ev.greedy and not ev.num_samples:
-        raise ValueError("eval.greedy=false needs eval.num_samples > 0: nothing to evaluate")
+    _check(ev)
     started = time.time()
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     model_path, proc_path, run_dir = resolve_target(cfg, limits)
     out_path = Path(ev.output) if ev.output else (run_dir or prepare_run_dir(out_dir)) / "eval.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)  # eval.output may name a folder not made yet
-    data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                          seed=cfg.trainer.seed)  # the training seed: the same held-out rows as training
-    split = data.eval if ev.split == "eval" else data.train if ev.split == "train" else None
-    if split is None:
-        raise ValueError(f"eval.split={ev.split!r}: no such split (dataset.eval_size={cfg.dataset.eval_size}; "
-                         "use eval.split=eval with dataset.eval_size > 0, or eval.split=train)")
-    rows = [split[i] for i in range(len(split) if ev.limit is None else min(ev.limit, len(split)))]
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
-    processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                               trust_remote_code=cfg.model.trust_remote_code)
-    if ev.server_url:  # the server holds the weights: only the processor is needed here (the prompts' token ids)
-        from trl.generation.vllm_client import VLLMClient
-
-        client = VLLMClient(base_url=str(ev.server_url), connection_timeout=cfg.rollout.server_timeout_s)
-
-        def gen(batch: list[dict], **kw: Any) -> list[list[dict]]:
-            return server_generate(client, processor, batch, **kw)
-    else:
-        model = load_model(model_path, cfg.model).to(device).eval()
-
-        def gen(batch: list[dict], **kw: Any) -> list[list[dict]]:
-            return generate(model, processor, batch, **kw)
+    rows = _held_out_rows(cfg, limits)
+    gen = _generator(cfg, model_path, proc_path, limits)
     reward_funcs = build_reward_funcs(cfg.reward, out_path.parent)
     names = [fn.__name__ for fn in reward_funcs]
     acc, fmt = reward_roles(names)
     acc = acc or names[0]  # only `format` configured: it is what there is to score
-    tr = cfg.trainer
-    max_new = ev.max_new_tokens or tr.max_completion_length
-    sampling = {"temperature": tr.temperature if ev.temperature is None else ev.temperature,
-                "top_p": tr.top_p if ev.top_p is None else ev.top_p,
-                "top_k": tr.top_k if ev.top_k is None else ev.top_k}
+    max_new = ev.max_new_tokens or cfg.trainer.max_completion_length
+    sampling = _sampling(cfg)
+    greedy, sampled = _rollouts(ev, gen, reward_funcs, rows, acc, max_new, sampling, desc=Path(model_path).name)
+    result: dict[str, Any] = {"model": model_path, "checkpoint": ev.checkpoint, "dataset": cfg.dataset.name,
+                              "split": ev.split, "rows": len(rows), "accuracy_reward": acc, "format_reward": fmt,
+                              "max_new_tokens": max_new}
+    result.update(_scores(ev, rows, greedy, sampled, sampling, acc, fmt, names))
+    result["wall_time_s"] = round(time.time() - started, 1)
+    result["records"] = [
+        {"index": i, **({"task": r["task"]} if "task" in r else {}), "problem": r.get("problem"),
+         "solution": r.get("solution"),
+         "image_id": r.get("image_id", r.get("image_ids")),  # image_ids: a row with several images
+         **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
+        for i, r in enumerate(rows)]
+    write_json(out_path, result)
+    shutdown_rewards()
+    log.info("eval: %s", {k: v for k, v in result.items() if k != "records"})
+    print(f"accuracy={result['accuracy']:.3f} format_rate={result.get('format_rate')} "
+          f"mean_length={result['mean_length']:.1f} rows={len(rows)} -> {out_path}")
+    for task, stats in result.get("tasks", {}).items():
+        print(f"  {task}: accuracy={stats['accuracy']:.3f} rows={stats['rows']}")
+    return result
+
+
+def _check(ev: DictConfig) -> None:
+    if ev.num_samples and max(ev.pass_k) > ev.num_samples:
+        raise ValueError(f"eval.pass_k={list(ev.pass_k)} needs eval.num_samples >= {max(ev.pass_k)}")
+    if not ev.greedy and not ev.num_samples:
+        raise ValueError("eval.greedy=false needs eval.num_samples > 0: nothing to evaluate")
+
+
+def _held_out_rows(cfg: DictConfig, limits: Any) -> list[dict]:
+    """The split's rows, built with the training seed: the same held-out rows as training."""
+    ev = cfg.eval
+    data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                          seed=cfg.trainer.seed)
+    split = data.eval if ev.split == "eval" else data.train if ev.split == "train" else None
+    if split is None:
+        raise ValueError(f"eval.split={ev.split!r}: no such split (dataset.eval_size={cfg.dataset.eval_size}; "
+                         "use eval.split=eval with dataset.eval_size > 0, or eval.split=train)")
+    return [split[i] for i in range(len(split) if ev.limit is None else min(ev.limit, len(split)))]
+
+
+def _generator(cfg: DictConfig, model_path: str, proc_path: str, limits: Any) -> Any:
+    """``gen(batch, **kw)``: completions from a vLLM server (``eval.server_url``, which holds the weights: only
+    the processor is needed here) or from the model loaded on ``eval.device``."""
+    ev = cfg.eval
+    processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    if ev.server_url:
+        client = VLLMClient(base_url=str(ev.server_url), connection_timeout=cfg.rollout.server_timeout_s)
+        return functools.partial(server_generate, client, processor)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
+    model = load_model(model_path, cfg.model).to(device).eval()
+    return functools.partial(generate, model, processor)
+
+
+def _sampling(cfg: DictConfig) -> dict[str, Any]:
+    """Sampling settings: eval's own, else the trainer's (what rollouts used)."""
+    ev, tr = cfg.eval, cfg.trainer
+    return {"temperature": tr.temperature if ev.temperature is None else ev.temperature,
+            "top_p": tr.top_p if ev.top_p is None else ev.top_p,
+            "top_k": tr.top_k if ev.top_k is None else ev.top_k}
+
+
+def _rollouts(ev: DictConfig, gen: Any, reward_funcs: list, rows: list[dict], acc: str, max_new: int,
+              sampling: dict[str, Any], desc: str) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Greedy and sampled completions per row, scored, with a progress bar showing the running accuracy."""
     torch.manual_seed(ev.seed)
     greedy: list[list[dict]] = []
     sampled: list[list[dict]] = []
-    bar = tqdm(total=len(rows), desc=f"eval {Path(model_path).name}", unit="prompt", dynamic_ncols=True)
+    bar = tqdm(total=len(rows), desc=f"eval {desc}", unit="prompt", dynamic_ncols=True)
     for i in range(0, len(rows), ev.batch_size):
         batch = rows[i:i + ev.batch_size]
         if ev.greedy:
@@ -160,47 +199,32 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         done = [c[0] for c in greedy] if greedy else [c for cs in sampled for c in cs]
         bar.set_postfix(acc=f"{_mean([c['rewards'].get(acc) for c in done]):.3f}")
     bar.close()
+    return greedy, sampled
 
-    result: dict[str, Any] = {"model": model_path, "checkpoint": ev.checkpoint, "dataset": cfg.dataset.name,
-                              "split": ev.split, "rows": len(rows), "accuracy_reward": acc, "format_reward": fmt,
-                              "max_new_tokens": max_new}
+
+def _scores(ev: DictConfig, rows: list[dict], greedy: list[list[dict]], sampled: list[list[dict]],
+            sampling: dict[str, Any], acc: str, fmt: str | None, names: list[str]) -> dict[str, Any]:
+    """The headline numbers (greedy, else the samples'), pass@k, and a mixture's numbers per task."""
+    out: dict[str, Any] = {}
     if greedy:
-        result.update(summarize([c[0] for c in greedy], acc, fmt, names), mode="greedy")
+        out.update(summarize([c[0] for c in greedy], acc, fmt, names), mode="greedy")
     if sampled:
         n = ev.num_samples
         correct = [sum(1 for c in cs if (c["rewards"].get(acc) or 0) >= 1.0) for cs in sampled]
         stats = summarize([c for cs in sampled for c in cs], acc, fmt, names)
         stats.update(n=n, **sampling,
                      pass_at_k={str(k): sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ev.pass_k})
-        result["sampled"] = stats
+        out["sampled"] = stats
         if not greedy:  # headline numbers from the samples
-            result.update({k: stats[k] for k in ("accuracy", "format_rate", "mean_length", "truncated_rate")},
-                          mode=f"sampled (n={n})")
+            out.update({k: stats[k] for k in ("accuracy", "format_rate", "mean_length", "truncated_rate")},
+                       mode=f"sampled (n={n})")
     tasks = [r.get("task") for r in rows]
     if any(t is not None for t in tasks):  # a task mixture (mmr1.data.mixture): the headline numbers per task
         per_row = [[c[0]] for c in greedy] if greedy else sampled
-        result["tasks"] = {t: {"rows": tasks.count(t), **summarize(
+        out["tasks"] = {t: {"rows": tasks.count(t), **summarize(
             [c for cs, rt in zip(per_row, tasks, strict=True) if rt == t for c in cs], acc, fmt, names)}
             for t in dict.fromkeys(tasks)}
-    result["wall_time_s"] = round(time.time() - started, 1)
-    result["records"] = [
-        {"index": i, **({"task": r["task"]} if "task" in r else {}), "problem": r.get("problem"),
-         "solution": r.get("solution"),
-         "image_id": r.get("image_id", r.get("image_ids")),  # image_ids: a row with several images
-         **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
-        for i, r in enumerate(rows)]
-    from mmr1.tracking.run_dir import write_json
-
-    write_json(out_path, result)
-    from mmr1.rewards import shutdown
-
-    shutdown()
-    log.info("eval: %s", {k: v for k, v in result.items() if k != "records"})
-    print(f"accuracy={result['accuracy']:.3f} format_rate={result.get('format_rate')} "
-          f"mean_length={result['mean_length']:.1f} rows={len(rows)} -> {out_path}")
-    for task, stats in result.get("tasks", {}).items():
-        print(f"  {task}: accuracy={stats['accuracy']:.3f} rows={stats['rows']}")
-    return result
+    return out
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")

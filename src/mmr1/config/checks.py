@@ -20,18 +20,23 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from mmr1.data.config import DatasetConfig, Source
+from mmr1.data.datasets import load_system_prompt, to_config
+from mmr1.tracking.run_dir import RunDirError, prepare_run_dir
+
 
 class RunnableCheckError(ValueError):
     """More than one thing the run needs is missing; the message lists each, naming its key."""
 
 
 def _dataset_problems(dataset_cfg: Any) -> list[Exception]:
-    from mmr1.data.config import Source
-    from mmr1.data.datasets import load_system_prompt, to_config
-
     cfg = to_config(dataset_cfg)
     if cfg.tasks:  # a mixture (mmr1.data.mixture): what each task's build would fail on
         return [p for task in cfg.tasks.values() for p in _dataset_problems(task)]
+    return _source_problems(cfg) + _system_prompt_problems(cfg)
+
+
+def _source_problems(cfg: DatasetConfig) -> list[Exception]:
     problems: list[Exception] = []
     if cfg.source == Source.local:
         # The same checks and messages as mmr1.data.sources.load_local.
@@ -55,25 +60,27 @@ def _dataset_problems(dataset_cfg: Any) -> list[Exception]:
             problems.append(ImportError(
                 "dataset.source=modelscope needs the modelscope package: pip install 'mmr1[modelscope]' "
                 "(or use dataset.source=hf with the HF mirror)"))
-    if cfg.system_prompt is not None:
-        prompt = Path(cfg.system_prompt).expanduser()
-        if not prompt.is_file():
-            problems.append(FileNotFoundError(
-                f"dataset.system_prompt {prompt} does not exist (a text file, or null for the seed's R1-V prompt)"))
-        else:
-            try:
-                load_system_prompt(cfg.system_prompt)  # what build_datasets does: UTF-8, read whole
-            except UnicodeDecodeError as err:
-                problems.append(ValueError(f"dataset.system_prompt {prompt} is not UTF-8 text: {err}"))
-            except OSError as err:
-                problems.append(OSError(f"dataset.system_prompt {prompt} cannot be read: {err.strerror or err}"))
     return problems
+
+
+def _system_prompt_problems(cfg: DatasetConfig) -> list[Exception]:
+    if cfg.system_prompt is None:
+        return []
+    prompt = Path(cfg.system_prompt).expanduser()
+    if not prompt.is_file():
+        return [FileNotFoundError(
+            f"dataset.system_prompt {prompt} does not exist (a text file, or null for the seed's R1-V prompt)")]
+    try:
+        load_system_prompt(cfg.system_prompt)  # what build_datasets does: UTF-8, read whole
+    except UnicodeDecodeError as err:
+        return [ValueError(f"dataset.system_prompt {prompt} is not UTF-8 text: {err}")]
+    except OSError as err:
+        return [OSError(f"dataset.system_prompt {prompt} cannot be read: {err.strerror or err}")]
+    return []
 
 
 def check_runnable(cfg: Any, *, run_dir: str | Path | None = None) -> None:
     """Raise the error the real run would hit later (see the module docstring); return None if none."""
-    from mmr1.tracking.run_dir import RunDirError, prepare_run_dir
-
     problems = _dataset_problems(cfg.dataset)
     try:
         prepare_run_dir(cfg.run_dir if run_dir is None else run_dir)

@@ -23,6 +23,10 @@ written to ``rehearsal.json``:
 
 Everything else (rewards, prompts, loss, beta, epsilon, scale_rewards, num_iterations, lengths, sampling,
 dataloader workers, logging) is the experiment's.
+
+``+preset=cpu`` (``rehearsal.exact=false``) takes the same hardware swaps from here (weights, precision,
+rollouts, DeepSpeed, processes, a hub source's stand-in) and shrinks batch, lengths and steps in its own YAML:
+one home for what a CPU needs.
 """
 
 from __future__ import annotations
@@ -62,9 +66,19 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
 
     launcher = cfg.launcher
     world = (launcher.nproc_per_node or 1) * (launcher.nnodes or 1)
-    t = cfg.trainer
-    steps = int(cfg.rehearsal.max_steps)
-    # Weights, precision, rollouts, DeepSpeed, processes: what needs a GPU or a download.
+    _swap_hardware(cfg, swap)
+    if cfg.rehearsal.exact:
+        _keep_the_batch(cfg, swap, world)
+    elif _get(cfg, "dataset.source") in HUB_SOURCES:  # +preset=cpu: its YAML sizes the stand-in
+        swap("dataset.source", "synthetic")
+    cfg.rehearsal.swaps = swaps
+    cfg.rehearsal.applied = True
+    return swaps
+
+
+def _swap_hardware(cfg: DictConfig, swap: Any) -> None:
+    """Weights, precision, rollouts, DeepSpeed, processes: what needs a GPU or a download (both presets)."""
+    launcher = cfg.launcher
     swap("model.name_or_path", EMBEDDED_MODEL)
     swap("model.torch_dtype", "float32")
     swap("model.attn_implementation", None)
@@ -77,6 +91,12 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
     swap("launcher.nproc_per_node", 1)
     if (launcher.nnodes or 1) != 1:
         swap("launcher.nnodes", 1)
+
+
+def _keep_the_batch(cfg: DictConfig, swap: Any, world: int) -> None:
+    """The rehearsal proper: the N-rank generation batch in one process, a few steps, data for exactly them."""
+    t = cfg.trainer
+    steps = int(cfg.rehearsal.max_steps)
     # The N-rank layout as accumulation in one process: same generation batch, same micro-batches.
     swap("trainer.gradient_accumulation_steps", t.gradient_accumulation_steps * world)
     swap("trainer.per_device_eval_batch_size", t.per_device_eval_batch_size * world)
@@ -105,9 +125,6 @@ def apply_rehearsal(cfg: DictConfig) -> list[dict[str, Any]]:
             swap("dataset.source", "synthetic")
             swap("dataset.num_samples", train_rows)
         swap("dataset.eval_size", eval_rows)
-    cfg.rehearsal.swaps = swaps
-    cfg.rehearsal.applied = True
-    return swaps
 
 
 def _swap_rollout(cfg: DictConfig, swap: Any) -> None:
@@ -147,5 +164,7 @@ def announce(cfg: DictConfig) -> None:
     if not cfg.rehearsal.enabled:
         return
     swaps = apply_rehearsal(cfg)
-    print(f"mmr1 rehearsal: the experiment's configuration on this CPU, {len(swaps)} settings swapped "
-          f"(everything else as the experiment has it):\n{swap_table(swaps)}", flush=True)
+    what = ("the experiment's configuration on this CPU" if cfg.rehearsal.exact else
+            "+preset=cpu: the experiment shrunk to a CPU pipeline check")
+    print(f"mmr1 rehearsal: {what}, {len(swaps)} settings swapped (everything else as the experiment and the "
+          f"preset have it):\n{swap_table(swaps)}", flush=True)

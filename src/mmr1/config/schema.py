@@ -286,6 +286,9 @@ class RehearsalConfig:
     # build, scripts/vllm_cpu_env.sh; the experiment's server becomes colocate, a listed swap, so vLLM itself
     # enforces its context, image limits and sampling settings).
     rollout: str = "hf"
+    # false: +preset=cpu, only the hardware swaps (the preset's YAML shrinks batch, lengths and steps instead of
+    # keeping the experiment's generation batch).
+    exact: bool = True
     # Filled by mmr1.config.rehearsal.apply_rehearsal: what was swapped (key, experiment value, rehearsal value).
     applied: bool = False
     swaps: list[Any] = field(default_factory=list)

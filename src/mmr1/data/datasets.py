@@ -135,6 +135,47 @@ def _iter_source(rows: Any, order: list[int]):
     yield from zip(order, ds, strict=True)
 
 
+def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix: str,
+                  resizer: ImageResizer, base_dir: Any, cache: DecodedImageCache, bad: _BadRows) -> dict | None:
+    """One source row as training sees it (prompt messages, resized images, their token cost), or None when
+    ``bad`` recorded it (a malformed ms-swift row, an unreadable image)."""
+    try:
+        messages, cells, column = _prompt_and_images(row, swift, system_prompt, suffix)
+    except SwiftRowError as exc:
+        bad(index, exc.column, str(exc))
+        return None
+    imgs = []
+    try:
+        # The resizer dedups by content: an image shared by rows (or twice in one row) is resized once.
+        for cell in cells:
+            imgs.append(resizer(cell, base_dir))
+    except BadImage as exc:
+        bad(index, column, ("" if len(cells) == 1 else f"image {len(imgs)}: ") + str(exc))
+        return None
+    for img in imgs:
+        if img["pil"] is not None:
+            cache.put(img["id"], img["pil"])  # first access during training then costs no decode
+    extras = {k: v for k, v in row.items() if k not in ADDED and k not in ("images", "messages")}
+    return {
+        **extras,
+        "prompt": messages,
+        "images": [{"bytes": img["bytes"], "path": None} for img in imgs],
+        "image_ids": [img["id"] for img in imgs],
+        "image_sizes_before": [list(img["size_before"]) for img in imgs],
+        # What the pre-flight measures: this row's own images' cost (all of them), and the row to name.
+        "image_tokens": sum(image_tokens(*img["size_after"]) for img in imgs),
+        "source_row": index,
+    }
+
+
+def _single_image_columns(rows: list[dict]) -> None:
+    """One image in every row: the `image` column (in place), as TRL's single-image path reads it."""
+    if all(len(r["images"]) == 1 for r in rows):
+        for r in rows:
+            r["image"], r["image_id"], r["image_size_before"] = (
+                r.pop("images")[0], r.pop("image_ids")[0], r.pop("image_sizes_before")[0])
+
+
 def build_datasets(
     dataset_cfg: Any, *, min_pixels: int | None, max_pixels: int | None, seed: int
 ) -> DataBundle:
@@ -168,42 +209,13 @@ def build_datasets(
     resizer = ImageResizer(limits)
     cache = DecodedImageCache(cfg.image_cache_mb * 2**20)
     out: list[dict] = []
-    tokens: list[int] = []
     for index, row in _iter_source(raw, order):
-        try:
-            messages, cells, column = _prompt_and_images(row, swift, system_prompt, suffix)
-        except SwiftRowError as exc:
-            bad(index, exc.column, str(exc))
-            continue
-        imgs = []
-        try:
-            # The resizer dedups by content: an image shared by rows (or twice in one row) is resized once.
-            for cell in cells:
-                imgs.append(resizer(cell, base_dir))
-        except BadImage as exc:
-            bad(index, column, ("" if len(cells) == 1 else f"image {len(imgs)}: ") + str(exc))
-            continue
-        for img in imgs:
-            if img["pil"] is not None:
-                cache.put(img["id"], img["pil"])  # first access during training then costs no decode
-        extras = {k: v for k, v in row.items() if k not in ADDED and k not in ("images", "messages")}
-        out.append({
-            **extras,
-            "prompt": messages,
-            "images": [{"bytes": img["bytes"], "path": None} for img in imgs],
-            "image_ids": [img["id"] for img in imgs],
-            "image_sizes_before": [list(img["size_before"]) for img in imgs],
-            # What the pre-flight measures: this row's own images' cost (all of them), and the row to name.
-            "image_tokens": sum(image_tokens(*img["size_after"]) for img in imgs),
-            "source_row": index,
-        })
-        tokens.append(out[-1]["image_tokens"])
+        prepared = _prepared_row(index, row, swift, system_prompt, suffix, resizer, base_dir, cache, bad)
+        if prepared is not None:
+            out.append(prepared)
+    tokens = [r["image_tokens"] for r in out]
     resizer.release()
-    per_row = [len(r["images"]) for r in out]
-    if all(n == 1 for n in per_row):  # one image per row: the `image` column, as TRL's single-image path reads
-        for r in out:
-            r["image"], r["image_id"], r["image_size_before"] = (
-                r.pop("images")[0], r.pop("image_ids")[0], r.pop("image_sizes_before")[0])
+    _single_image_columns(out)
 
     if bad.indices:
         log.warning(
@@ -236,7 +248,7 @@ def build_datasets(
         "unique_images": len(resizer.counts), "resizes": sum(resizer.counts.values()),
         "min_pixels": limits.min_pixels, "max_pixels": limits.max_pixels,
         "max_image_tokens": max(tokens), "mean_image_tokens": float(np.mean(tokens)),
-        "format": "ms-swift" if swift else "hub", "max_images_per_row": max(per_row),
+        "format": "ms-swift" if swift else "hub", "max_images_per_row": max(len(r.get("images", [None])) for r in out),
     }
     return DataBundle(train_ds, eval_ds, stats, limits, system_prompt, resizer, cache)
 

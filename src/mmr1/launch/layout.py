@@ -139,25 +139,8 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
         # One node: any free port will do, and a busy default (another run) would kill this one at start.
         master_port, src["master_port"] = free_port(), "free port (default busy)"
 
-    ids = _ids(lc.gpu_ids) if lc.gpu_ids is not None else None
-    src["gpu_ids"] = "config" if ids is not None else "default"
-    if ids is None and _env_value(env, "CUDA_VISIBLE_DEVICES") is not None:
-        ids, src["gpu_ids"] = _ids(env["CUDA_VISIBLE_DEVICES"]), "env CUDA_VISIBLE_DEVICES"
     errors: list[str] = []
-    if lc.gpus_per_node is not None:
-        configured = int(lc.gpus_per_node)
-        gpus_per_node: int | None = configured
-        src["gpus_per_node"] = "config"
-        if ids is not None and len(ids) < configured:
-            errors.append(f"launcher.gpus_per_node={configured} but {src['gpu_ids']} lists only "
-                          f"{len(ids)} GPUs ({','.join(ids)})")
-        ids = (ids or [str(i) for i in range(configured)])[:configured]
-    elif ids is not None:
-        gpus_per_node, src["gpus_per_node"] = len(ids), src["gpu_ids"]
-    else:
-        n = detect_gpus() if gpus is None else gpus
-        gpus_per_node, src["gpus_per_node"] = (n, "detected") if n else (None, "none detected")
-        ids = [str(i) for i in range(n)]
+    gpus_per_node, ids = _node_gpus(lc, env, gpus, src, errors)
 
     server_mode = r.backend == "vllm" and r.vllm_mode == "server"
     starts_server = server_mode and not r.server_base_url
@@ -194,13 +177,37 @@ def resolve_layout(cfg: DictConfig, env: Mapping[str, str] | None = None, *, gpu
     return layout
 
 
+def _node_gpus(lc: DictConfig, env: dict[str, str], gpus: int | None, src: dict[str, str],
+               errors: list[str]) -> tuple[int | None, list[str]]:
+    """(GPUs per node, their ids): launcher.gpus_per_node / gpu_ids, else CUDA_VISIBLE_DEVICES, else detected.
+    Where each came from goes into ``src``; a contradiction into ``errors``."""
+    ids = _ids(lc.gpu_ids) if lc.gpu_ids is not None else None
+    src["gpu_ids"] = "config" if ids is not None else "default"
+    if ids is None and _env_value(env, "CUDA_VISIBLE_DEVICES") is not None:
+        ids, src["gpu_ids"] = _ids(env["CUDA_VISIBLE_DEVICES"]), "env CUDA_VISIBLE_DEVICES"
+    if lc.gpus_per_node is not None:
+        configured = int(lc.gpus_per_node)
+        src["gpus_per_node"] = "config"
+        if ids is not None and len(ids) < configured:
+            errors.append(f"launcher.gpus_per_node={configured} but {src['gpu_ids']} lists only "
+                          f"{len(ids)} GPUs ({','.join(ids)})")
+        return configured, (ids or [str(i) for i in range(configured)])[:configured]
+    if ids is not None:
+        src["gpus_per_node"] = src["gpu_ids"]
+        return len(ids), ids
+    n = detect_gpus() if gpus is None else gpus
+    src["gpus_per_node"] = "detected" if n else "none detected"
+    return (n or None), [str(i) for i in range(n)]
+
+
 def _label(layout: Layout, key: str, value: Any) -> str:
     """A number with where it came from, for error messages: "6 (launcher.nproc_per_node)"."""
     where = layout.sources.get(key, "config")
     return f"{value} ({'launcher.' + key if where == 'config' else where})"
 
 
-def check_layout(cfg: DictConfig, lay: Layout) -> list[str]:
+# A list of independent rules, each adding its own message: split up, the rules would only be harder to read together.
+def check_layout(cfg: DictConfig, lay: Layout) -> list[str]:  # noqa: C901
     """Every clash between the layout, the rollout and the batch, each message naming its numbers."""
     r, t = cfg.rollout, cfg.trainer
     errors: list[str] = []

@@ -15,8 +15,11 @@ import shlex
 import shutil
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+
 from mmr1.reliability.checkpoints import CheckpointError, clear_after, select_checkpoint, set_aside, verify
 from mmr1.tracking.ranks import is_main_process
+from mmr1.tracking.secrets import redact_override
 
 log = logging.getLogger("mmr1.reliability")
 
@@ -40,16 +43,22 @@ def _resolve(resume: str, run_dir: Path, main: bool) -> str | None:
             for p in clear_after(run_dir, -1, "abandoned"):
                 log.warning("resume=never: set aside the earlier run's %s", p)
         return None
-    if resume != "auto":
-        path = Path(resume).expanduser()
-        v = verify(path, require_marker=False)
-        if not v.ok:
-            raise CheckpointError(f"resume={resume}: cannot resume: {v.problem}")
-        if main and path.resolve().parent == run_dir.resolve():
-            # Later checkpoints of this run belong to the trajectory being replaced.
-            for p in clear_after(run_dir, v.step, "abandoned"):
-                log.warning("resume=%s: set aside the later %s", resume, p)
-        return str(path)
+    return _resolve_auto(run_dir, main) if resume == "auto" else _resolve_path(resume, run_dir, main)
+
+
+def _resolve_path(resume: str, run_dir: Path, main: bool) -> str:
+    path = Path(resume).expanduser()
+    v = verify(path, require_marker=False)
+    if not v.ok:
+        raise CheckpointError(f"resume={resume}: cannot resume: {v.problem}")
+    if main and path.resolve().parent == run_dir.resolve():
+        # Later checkpoints of this run belong to the trajectory being replaced.
+        for p in clear_after(run_dir, v.step, "abandoned"):
+            log.warning("resume=%s: set aside the later %s", resume, p)
+    return str(path)
+
+
+def _resolve_auto(run_dir: Path, main: bool) -> str | None:
     chosen, rejected = select_checkpoint(run_dir)
     for v in rejected:
         log.warning("resume=auto: skipping %s: %s", v.path.name, v.problem)
@@ -76,14 +85,10 @@ def resume_command(run_dir: str | Path) -> str:
     """The command that continues this run: the same overrides, this run directory, resume=auto."""
     overrides: list[str] = []
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         if HydraConfig.initialized():
             overrides = list(HydraConfig.get().overrides.task)
     except Exception:  # noqa: BLE001 - no Hydra (train(cfg) from Python): only the run directory is known
         overrides = []
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("hydra.run.dir", "resume", "run_dir")]
-    from mmr1.tracking.secrets import redact_override
-
     args = [redact_override(o) for o in keep] + [f"hydra.run.dir={Path(run_dir).resolve()}"]
     return "python -m mmr1.train " + " ".join(shlex.quote(a) for a in args)

@@ -105,7 +105,6 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     metrics_path = Path(metrics_path)
     run_dir = metrics_path.parent
@@ -120,9 +119,25 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
     fig, grid = plt.subplots(2, 3, figsize=(14, 7.4))
     axes = dict(zip((k for k, _ in PANELS), grid.flat))
     titles = dict(PANELS)
+    _reward_panel(axes["reward"], rows, eval_rows)
+    _rewards_panel(axes["rewards"], rows, eval_rows, warmstart_gate)
+    _kl_panel(axes["kl"], rows, beta)
+    _grad_norm_panel(axes["grad_norm"], rows)
+    _length_panel(axes["length"], rows, max_completion_length)
+    _clipped_panel(axes["clipped"], rows)
+    for key, ax in axes.items():
+        _frame(ax, key, titles[key], events or [])
+    fig.suptitle(f"{run_dir.name}: raw per step (thin), {WINDOW}-step rolling mean (thick), "
+                 "in-training eval (dots)", fontsize=10, color="0.3")
+    fig.tight_layout()
+    fig.savefig(Path(out_path), dpi=90)
+    drawn = _read_back(axes, titles)
+    plt.close(fig)
+    return drawn
 
-    # Total reward, with the evaluation's.
-    ax = axes["reward"]
+
+def _reward_panel(ax, rows: list[dict], eval_rows: list[dict]) -> None:
+    """Total reward, with the evaluation's."""
     xs, ys = series(rows, "reward")
     if xs:
         _draw_series(ax, xs, ys, "reward", "C0")
@@ -132,21 +147,16 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
     if not xs and not ex:
         _note(ax, "reward not logged")
 
-    # Each reward's mean: accuracy first, then format, then any other.
-    ax = axes["rewards"]
+
+def _rewards_panel(ax, rows: list[dict], eval_rows: list[dict], warmstart_gate: float | None) -> None:
+    """Each reward's mean: accuracy first, then format, then any other; a mixture's accuracy per task."""
     acc, fmt = reward_names(rows + eval_rows)
     parsed = {p for r in rows for k in r if (p := parse_key(k))} | {
         p for r in eval_rows for k in r if (p := parse_key(k, "eval_rewards/"))}
     names = sorted({name for name, task in parsed if task is None}, key=lambda n: (n != acc, n != fmt, n))
     for i, name in enumerate(names):
-        color = f"C{i + 1}"
-        xs, ys = series(rows, f"rewards/{name}/mean")
         label = f"accuracy ({name})" if name == acc else name
-        if xs:
-            _draw_series(ax, xs, ys, label, color)
-        ex, ey = series(eval_rows, f"eval_rewards/{name}/mean")
-        if ex:
-            _draw_eval(ax, ex, ey, label, color)
+        _series_and_eval(ax, rows, eval_rows, f"rewards/{name}/mean", label, f"C{i + 1}")
     # A task mixture (mmr1.tracking.per_task): the accuracy's rolling mean on each task, dashed, with its eval dots.
     for i, task in enumerate(sorted({task for name, task in parsed if task is not None and name == acc})):
         color, label = f"C{len(names) + i + 1}", f"{task} (accuracy)"
@@ -161,31 +171,42 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
                    label=f"warm-start gate {warmstart_gate:.2f} (greedy, held-out)")
     if not names:
         _note(ax, "no rewards/<name>/mean logged")
-    else:
-        lo = min([0.0] + [y for ln in ax.get_lines() for y in ln.get_ydata() if math.isfinite(y)])
-        hi = max([1.0] + [y for ln in ax.get_lines() for y in ln.get_ydata() if math.isfinite(y)])
-        if lo >= 0.0 and hi <= 1.0:
-            ax.set_ylim(-0.03, 1.05)  # rewards in [0, 1]: the whole range, so a plateau reads as one
+        return
+    values = [y for ln in ax.get_lines() for y in ln.get_ydata() if math.isfinite(y)]
+    if min([0.0] + values) >= 0.0 and max([1.0] + values) <= 1.0:
+        ax.set_ylim(-0.03, 1.05)  # rewards in [0, 1]: the whole range, so a plateau reads as one
 
-    # KL: TRL logs none when beta=0 (no reference model); say so instead of an empty frame.
-    ax = axes["kl"]
+
+def _series_and_eval(ax, rows: list[dict], eval_rows: list[dict], key: str, label: str, color: str) -> None:
+    xs, ys = series(rows, key)
+    if xs:
+        _draw_series(ax, xs, ys, label, color)
+    ex, ey = series(eval_rows, "eval_" + key)
+    if ex:
+        _draw_eval(ax, ex, ey, label, color)
+
+
+def _kl_panel(ax, rows: list[dict], beta: float | None) -> None:
+    """TRL logs no KL when beta=0 (no reference model): say so instead of an empty frame."""
     xs, ys = series(rows, "kl")
     if xs:
         _draw_series(ax, xs, ys, "kl", "C5")
     else:
         _note(ax, KL_OFF_NOTE if beta == 0 else KL_MISSING_NOTE)
 
-    ax = axes["grad_norm"]
-    xs, ys = series(rows, "grad_norm")
-    if xs:
-        _draw_series(ax, xs, ys, "grad_norm", "C6")
-        finite = sorted(y for y in ys if math.isfinite(y) and y > 0)
-        if finite and finite[-1] > 20 * finite[len(finite) // 2]:
-            ax.set_yscale("symlog", linthresh=max(finite[0], 1e-3))  # a spike is orders of magnitude
-    else:
-        _note(ax, "grad_norm not logged")
 
-    ax = axes["length"]
+def _grad_norm_panel(ax, rows: list[dict]) -> None:
+    xs, ys = series(rows, "grad_norm")
+    if not xs:
+        _note(ax, "grad_norm not logged")
+        return
+    _draw_series(ax, xs, ys, "grad_norm", "C6")
+    finite = sorted(y for y in ys if math.isfinite(y) and y > 0)
+    if finite and finite[-1] > 20 * finite[len(finite) // 2]:
+        ax.set_yscale("symlog", linthresh=max(finite[0], 1e-3))  # a spike is orders of magnitude
+
+
+def _length_panel(ax, rows: list[dict], max_completion_length: int | None) -> None:
     xs, ys = series(rows, "completions/mean_length")
     if xs:
         _draw_series(ax, xs, ys, "mean length", "C7")
@@ -196,7 +217,8 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
     if not xs:
         _note(ax, "completion length not logged")
 
-    ax = axes["clipped"]
+
+def _clipped_panel(ax, rows: list[dict]) -> None:
     xs, ys = series(rows, "completions/clipped_ratio")
     if xs:
         _draw_series(ax, xs, ys, "clipped ratio", "C3")
@@ -204,25 +226,21 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, *, events: list[
     else:
         _note(ax, "completions/clipped_ratio not logged")
 
-    for key, ax in axes.items():
-        for i, ev in enumerate(events or []):
-            ax.axvline(ev["step"], color="red", ls="--", lw=1.0, gid="event",
-                       label=ev.get("label", "guard") if key == "reward" and i == 0 else f"_{ev.get('label')}")
-        ax.set_title(titles[key], fontsize=11)
-        ax.set_xlabel("step", fontsize=9)
-        ax.tick_params(labelsize=8)
-        if ax.get_xticks().size:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, not 1.25
-        ax.grid(alpha=0.25)
-        _legend(ax, key)
-    fig.suptitle(f"{run_dir.name}: raw per step (thin), {WINDOW}-step rolling mean (thick), "
-                 "in-training eval (dots)", fontsize=10, color="0.3")
-    fig.tight_layout()
-    out = Path(out_path)
-    fig.savefig(out, dpi=90)
-    drawn = _read_back(axes, titles)
-    plt.close(fig)
-    return drawn
+
+def _frame(ax, key: str, title: str, events: list[dict]) -> None:
+    """Guard events as vertical lines (labelled once, on the reward panel), titles, integer steps, legend."""
+    from matplotlib.ticker import MaxNLocator  # matplotlib only when drawing, as in plot_curves
+
+    for i, ev in enumerate(events):
+        ax.axvline(ev["step"], color="red", ls="--", lw=1.0, gid="event",
+                   label=ev.get("label", "guard") if key == "reward" and i == 0 else f"_{ev.get('label')}")
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("step", fontsize=9)
+    ax.tick_params(labelsize=8)
+    if ax.get_xticks().size:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, not 1.25
+    ax.grid(alpha=0.25)
+    _legend(ax, key)
 
 
 def _legend(ax, key: str) -> None:

@@ -61,7 +61,9 @@ def frozen_params(p: Plan) -> int:
     return (0 if p.vision_trains else tower) + (0 if p.aligner_trains else p.arch.n_params_aligner)
 
 
-def estimate_plan(p: Plan) -> dict[str, Any]:
+# One derivation read top to bottom, each term cited where it is computed; its branches are the layouts it covers
+# (ZeRO stage, offload, LoRA, checkpointing, rollout backend), and splitting it would pass a dozen terms around.
+def estimate_plan(p: Plan) -> dict[str, Any]:  # noqa: C901
     """The estimate for a ``Plan`` (bytes converted to GB at the end); see ``estimate_memory``."""
     arch, n, w, a = p.arch, p.n_params, p.world, p.act_bytes
     zero = p.zero_stage
