@@ -59,3 +59,11 @@ def test_trl_still_sends_telemetry_through_the_hub_helper():
     from trl.trainer import base_trainer
 
     assert "send_telemetry" in inspect.getsource(base_trainer)
+
+
+def test_the_entry_point_imports_no_torch_or_trl():
+    """`python -m mmr1.train` composes, checks and (for a launching process) only starts ranks before it trains:
+    torch and TRL are imported with the training steps (train.py's one lazy import), not with the entry point."""
+    code = "import sys, mmr1.train; print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

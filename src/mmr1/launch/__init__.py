@@ -1,5 +1,5 @@
-"""Scale-out: the launch plan (which processes, which GPUs, which ports), the re-launch through
-``accelerate launch``, the vLLM rollout server's lifetime and the DeepSpeed JSON.
+"""Plan and scale out: the dry run, the launch layout (which processes, which GPUs, which ports), the re-launch
+through ``accelerate launch``, the vLLM rollout server's lifetime, the DeepSpeed JSON and the memory estimate.
 
 Only engines that exist do the distributed work (accelerate/torchrun, TRL's vLLM integration,
 DeepSpeed, Hydra's submitit launcher); this package decides the layout, checks it and supervises.
