@@ -1,4 +1,4 @@
-"""The dry run checks what it cheaply can, with the errors the real run gives, naming the key (issue 16 item 5)."""
+"""The dry run checks what it cheaply can, with the errors the real run gives, naming the key."""
 
 from __future__ import annotations
 

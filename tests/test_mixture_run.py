@@ -1,4 +1,4 @@
-"""A task mixture trains end to end (issue 14 part 2): per-task reward means every step, per-task accuracy."""
+"""A task mixture trains end to end: per-task reward means every step, per-task accuracy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A new task is one YAML file: no code edit (issue 12, item 6).
+"""A new task is one YAML file: no code edit.
 
 A dataset YAML found through `hydra.searchpath` (a folder of the user's, outside the package) names the
 task, its offline stand-in and its prompt suffix; it previews and trains like the built-in ones.

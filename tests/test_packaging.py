@@ -1,4 +1,4 @@
-"""A wheel built from the repo runs on its own: configs inside the package, console scripts (issue 12, item 1).
+"""A wheel built from the repo runs on its own: configs inside the package, console scripts.
 
 The editable install hides packaging mistakes (it reads `src/` in place): this builds the wheel, installs it
 into a fresh target directory, and runs it from a directory outside the repository.
@@ -44,7 +44,7 @@ def test_wheel_holds_every_config_and_prompt(wheel):
     assert "mmr1/data/prompts/r1v_system.txt" in names
 
 
-@pytest.mark.slow  # builds and installs a wheel: 17 s of the inner loop (issue 18 part 7)
+@pytest.mark.slow  # builds and installs a wheel: 17 s of the inner loop
 def test_installed_wheel_dry_runs_outside_the_repo(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

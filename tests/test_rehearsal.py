@@ -1,4 +1,4 @@
-"""`+preset=rehearsal`: each seed experiment's exact configuration runs for real on a CPU (issue 11).
+"""`+preset=rehearsal`: each seed experiment's exact configuration runs for real on a CPU.
 
 A dry run proves a configuration composes; these prove it runs: two optimizer steps, one evaluation and
 one checkpoint of each seed experiment, on parquet files in the hub datasets' schemas (ClevrCount: 480x320
@@ -93,7 +93,7 @@ def _rows_needed(experiment: str) -> int:
     return train + 48 // gens  # + one eval batch (8 x 6 ranks completions)
 
 
-# One rehearsal per distinct trainer shape (issue 24): ClevrCount (24 generations, one iteration, a 1024-token
+# One rehearsal per distinct trainer shape: ClevrCount (24 generations, one iteration, a 1024-token
 # context) and GeoQA (8 generations, two iterations, repetition penalty, clipping 0.5). Open R1 and the r1v_mix
 # mixture run GeoQA's trainer on other data: test_unrehearsed_experiments_... shows the configs differ only in data
 # and image limits, and builds and pre-flights their data; tests/test_mixture_run.py trains a mixture end to end.
@@ -181,7 +181,7 @@ def test_seed_experiment_rehearses_on_hub_schema_files(experiment, tmp_path):
 
 
 def test_mixture_rehearsal_swaps_each_task_to_its_stand_in(tmp_path):
-    # r1v_mix (issue 14 part 2): the hub tasks become their stand-ins, the mixed set the steps' 12 prompts,
+    # r1v_mix: the hub tasks become their stand-ins, the mixed set the steps' 12 prompts,
     # the eval batch (48 completions = 6 prompts) split over the three tasks' own held-out rows.
     before = compose_cfg(["+experiment=r1v_mix"], run_dir=tmp_path)
     cfg = compose_cfg(["+experiment=r1v_mix", "+preset=rehearsal"], run_dir=tmp_path)

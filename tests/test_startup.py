@@ -1,4 +1,4 @@
-"""Start-up must not race the environment (issue 13, part 1).
+"""Start-up must not race the environment.
 
 What was found: `pip install -e . && python -m mmr1.train` died once in eight launches with SIGSEGV inside
 glibc's getenv on a non-main thread, right after GRPOTrainer was built. Under gdb (breakpoints on getenv

@@ -27,7 +27,7 @@ def test_two_step_tiny_train_writes_the_run_directory(tmp_path, tiny_overrides):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["steps"] == 2
-    # The reward audit ran at start, warn only: the seed's format regex pays an empty answer (issue 15).
+    # The reward audit ran at start, warn only: the seed's format regex pays an empty answer.
     assert {"probe": "empty_answer", "reward": "format"} in [
         {k: f[k] for k in ("probe", "reward")} for f in info["reward_audit"]["flagged"]]
     assert any(r["probe"] == "gold" for r in json.loads((tmp_path / "audit.json").read_text()))

@@ -9,7 +9,7 @@ from typing import Any
 # huggingface_hub/utils/_telemetry.py); that thread resolves huggingface.co, and glibc's resolver calls
 # getenv() (LOCALDOMAIN, RES_OPTIONS) on it while the main thread goes on into accelerate/Trainer set-up,
 # which rewrites os.environ. glibc's getenv is not safe against a concurrent setenv: the README's first
-# command died once in eight with SIGSEGV in getenv on a non-main thread (issue 13; the gdb trace is in
+# command died once in eight with SIGSEGV in getenv on a non-main thread (the gdb trace is in
 # tests/test_startup.py). Offline runs gain nothing from it either. Set here, before huggingface_hub
 # reads its constants at import; an explicit HF_HUB_DISABLE_TELEMETRY=0 from the user is kept.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -1,4 +1,4 @@
-"""Task mixtures (issue 14 part 2): weighted shares, a seed-fixed order, each row its own task's prompt."""
+"""Task mixtures: weighted shares, a seed-fixed order, each row its own task's prompt."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Several images per prompt (issue 14 part 4): resized once each, max_pixels per image, every image counted."""
+"""Several images per prompt: resized once each, max_pixels per image, every image counted."""
 
 from __future__ import annotations
 

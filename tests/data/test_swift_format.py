@@ -1,4 +1,4 @@
-"""ms-swift's dataset format (issue 14 part 3): detected from the columns, <image> tags placed, named errors."""
+"""ms-swift's dataset format: detected from the columns, <image> tags placed, named errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Content hashes in the completeness marker, and a disk that fills during a save (issue 17, parts 3-4).
+"""Content hashes in the completeness marker, and a disk that fills during a save.
 
 Fast tests on fabricated folders pin the marker format and exactly what each verify level detects; the
 slow ones use the tiny model's real checkpoints: a same-size corruption found on resume, ENOSPC injected

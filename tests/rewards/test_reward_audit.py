@@ -1,4 +1,4 @@
-"""The reward audit (issue 15 part 2): probes from gold solutions, scored by each reward through the sandbox."""
+"""The reward audit: probes from gold solutions, scored by each reward through the sandbox."""
 
 from __future__ import annotations
 

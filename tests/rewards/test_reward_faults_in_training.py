@@ -65,7 +65,7 @@ def test_faulty_rewards_are_counted_and_the_run_completes(tmp_path):
     assert counted["errors"] > 0 and counted["timeouts"] > 0 and counted["steps"] == 2
 
 
-# --- Issue 17: a reward that hangs cannot hang training. Images of 168 px make each item's
+# --- a reward that hangs cannot hang training. Images of 168 px make each item's
 # pickled inputs ~86 KB, so the items queued behind a hung one fill its worker's 64 KiB pipe: the
 # old sandbox then blocked forever in its send (step 1 never finished). Runs go through the CLI
 # with a timeout, so a regression fails instead of hanging CI.

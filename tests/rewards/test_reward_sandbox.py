@@ -230,7 +230,7 @@ def test_watchdog_warns_then_stops(caplog):
         stop(completions=["no tags"])
 
 
-# --- Issue 17: no reward can hang a call. A reward stuck on an item stops reading its pipe; the
+# --- no reward can hang a call. A reward stuck on an item stops reading its pipe; the
 # items queued behind it (1 MB each here, as an image column can be) fill the 64 KiB pipe, and a
 # blocking send would never return. Each call runs in a thread so that old code fails, not hangs.
 

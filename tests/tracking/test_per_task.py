@@ -1,4 +1,4 @@
-"""A task mixture's per-task reward means (issue 14 part 2) in the readers of metrics.jsonl: the curves draw
+"""A task mixture's per-task reward means in the readers of metrics.jsonl: the curves draw
 each task's accuracy, and nothing that reads TRL's per-reward means takes a task's mean for the reward's."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from mmr1.tracking.run_dir import write_json
 from mmr1.tracking.summary import build_summary, format_summary, print_ending, warmstart_gate
 
 ACC = "rewards/external_r1v_acc/mean"
-# What a default run printed before issue 16 (and must not any more): mmr1 caused each of them.
+# What a default run printed before mmr1 filtered its own warnings (and must not any more): mmr1 caused each.
 NOISE = [
     "`gradient_checkpointing` is deprecated",     # transformers training_args: mmr1 passed the old name
     "`is_gradient_checkpointing` is deprecated",  # transformers modeling_utils, read by TRL's generation

@@ -1,7 +1,7 @@
 """The trainer's end of a sandbox worker's pipes: framed messages, non-blocking sends, `poll`.
 
 A worker stuck in a reward stops reading its pipe; once 64 KiB of queued items fill it, a blocking
-send would never return and no deadline would ever be checked again (issue 17). So messages are
+send would never return and no deadline would ever be checked again. So messages are
 framed as `multiprocessing.connection` frames them (the worker reads them with `Connection.recv`),
 kept in a per-worker outbox, and written as far as the pipe takes them whenever `poll` says it has
 room; the worker's answers are read the same way, as far as they have arrived.

@@ -207,7 +207,7 @@ class WatchedReward:
             for i, t in task_of.items():
                 outcomes[i] = results[t] if t < len(results) else None
         # Every item gets an Outcome, whatever happened in the sandbox: a missing one once crashed
-        # training here (AttributeError on None) when SIGTERM killed workers mid-call (issue 17).
+        # training here (AttributeError on None) when SIGTERM killed workers mid-call.
         lost = Outcome("error", error="no outcome came back from the reward sandbox")
         return [lost if o is None else o for o in outcomes]
 

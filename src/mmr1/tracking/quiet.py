@@ -1,6 +1,6 @@
 """Start-up quieting: only the noise mmr1 itself causes, never a warning about the user's setup.
 
-What a default run printed, and where each line is handled (issue 16):
+What a default run printed, and where each line is handled:
 
 - transformers ``training_args.py`` "`gradient_checkpointing` is deprecated ... Use
   `activation_checkpointing`": mmr1 passed the old name. Fixed at the cause: ``build_grpo_kwargs``
