@@ -128,7 +128,8 @@ def _est(overrides: list[str], **kw) -> dict:
 
 
 def test_published_parameter_counts():
-    """The count comes from the sizes: Qwen2.5-VL-3B = the hub's 3.75B (3,754,622,976), 7B = 8.29B."""
+    """The counts (transformers' module tree for the config): Qwen2.5-VL-3B = the hub's 3.75B (3,754,622,976),
+    7B = 8.29B."""
     a3 = arch_from_config(QWEN2_5_VL_3B)
     assert a3.n_params == 3_754_622_976 and round(a3.n_params / 1e9, 2) == 3.75
     assert a3.n_params_vision == 668_684_288
@@ -136,7 +137,8 @@ def test_published_parameter_counts():
 
 
 def test_count_matches_transformers_on_meta_device():
-    """The formula against transformers' own module tree (no weights: the meta device)."""
+    """The counts are those of the model the run builds (no weights: the meta device), split as the run splits
+    it; the LM head tied to the embedding counts once."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -152,6 +154,14 @@ def test_count_matches_transformers_on_meta_device():
     assert counts == {"language_model": (arch.n_params_text,) * 2,
                       "vision_tower": (arch.n_params_vision - arch.n_params_aligner, 0),
                       "aligner": (arch.n_params_aligner, 0)}
+
+
+def test_the_estimates_imports_wait_for_the_estimate():
+    """torch and transformers' model code load when a count is needed, not when the dry run imports mmr1."""
+    code = ("import sys, mmr1.train, mmr1.launch.memory as m; print('torch' in sys.modules); "
+            "m.arch_from_config(m.QWEN2_5_VL_7B); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_frozen_vision_trains_only_the_language_model():

@@ -1,4 +1,5 @@
-"""Model sizes for the memory estimate: an architecture's counts from its config.json (or the known hub ones).
+"""Model sizes for the memory estimate: an architecture's sizes from its config.json (or the known hub ones), its
+parameter counts from transformers' own module tree for that config, built on the meta device (no weights).
 
 >>> arch = arch_from_config(QWEN2_5_VL_3B)
 >>> arch.n_params, arch.n_params_vision, arch.n_params_aligner
@@ -7,18 +8,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from mmr1.models.loading import EMBEDDED_MODEL
 
 GB = 2**30
 FP32 = 4
 
 # Qwen/Qwen2.5-VL-3B-Instruct config.json (the hub's published sizes; only what the count and the
 # activations need, plus what benchmarks/gpu_step.py builds the random-weight model from). 3,754,622,976
-# parameters by arch_from_config below, the hub's "3.75B params" (and transformers' own count on the meta
-# device, tests/launch/test_memory.py).
+# parameters counted by arch_from_config below, the hub's "3.75B params" (tests/launch/test_memory.py).
 QWEN2_5_VL_3B: dict[str, Any] = {
     "model_type": "qwen2_5_vl",
     "tie_word_embeddings": True,
@@ -75,6 +78,11 @@ class Arch:
     patch_size: int = 14
     temporal_patch: int = 2
     merge: int = 2
+    # Parameters per part as mmr1.models.parts splits (and freezes) the model: the language model (with its
+    # embeddings and head), the whole vision module (tower and aligner), the aligner (Qwen's patch merger) alone.
+    n_params_text: int = 0
+    n_params_vision: int = 0
+    n_params_aligner: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -91,35 +99,16 @@ class Arch:
 
     @property
     def layer_params(self) -> int:
-        # Qwen2DecoderLayer: q/k/v with bias, o without, SwiGLU gate/up/down, two RMSNorm weights.
+        """One decoder layer (the largest module ZeRO-3 gathers besides the embedding): Qwen2DecoderLayer's
+        q/k/v with bias, o without, SwiGLU gate/up/down, two RMSNorm weights."""
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
         return (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
 
     @property
-    def n_params_text(self) -> int:
-        embed = self.vocab * self.hidden
-        return embed * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
-
-    @property
     def block_params(self) -> int:
-        # Qwen2_5_VLVisionBlock: fused qkv + proj (with bias), SwiGLU with bias, two RMSNorm weights.
+        """One vision block: Qwen2_5_VLVisionBlock's fused qkv + proj (with bias), SwiGLU with bias, two RMSNorms."""
         h, i = self.v_hidden, self.v_intermediate
         return (3 * h * h + 3 * h) + (h * h + h) + 2 * (h * i + i) + (i * h + h) + 2 * h
-
-    @property
-    def n_params_aligner(self) -> int:
-        """The patch merger (ms-swift's 'aligner'): ln_q, Linear(4 vh, 4 vh), GELU, Linear(4 vh, out)."""
-        if not self.v_depth:
-            return 0
-        h, m2 = self.v_hidden, self.merge**2
-        return h + (h * m2) ** 2 + h * m2 + h * m2 * self.v_out + self.v_out
-
-    @property
-    def n_params_vision(self) -> int:
-        """The whole vision module: patch embedding (Conv3d without bias), blocks and the merger."""
-        if not self.v_depth:
-            return 0
-        return self.patch_values * self.v_hidden + self.v_depth * self.block_params + self.n_params_aligner
 
     @property
     def n_params(self) -> int:
@@ -135,7 +124,8 @@ class Arch:
 
 
 def arch_from_config(config: dict[str, Any]) -> Arch:
-    """An ``Arch`` from a Hugging Face config dict (transformers 5 nests ``text_config``; 4.x was flat)."""
+    """An ``Arch`` from a Hugging Face config dict (transformers 5 nests ``text_config``; 4.x was flat): the sizes
+    read from it, the parameter counts from the model it describes (``count_parameters``)."""
     model_type = config.get("model_type", "")
     text = dict(config.get("text_config") or config)
     if "hidden_size" not in text:
@@ -158,21 +148,60 @@ def arch_from_config(config: dict[str, Any]) -> Arch:
                     patch_size=int(vision.get("patch_size", 14)),
                     temporal_patch=int(vision.get("temporal_patch_size", 2)),
                     merge=int(vision.get("spatial_merge_size", 2)))
+    counts = count_parameters({**config, "model_type": model_type or "qwen2_5_vl"} if vision else config)
+    arch.update(n_params_text=counts["language_model"], n_params_vision=counts["vision_tower"] + counts["aligner"],
+                n_params_aligner=counts["aligner"])
     return Arch(**arch)
+
+
+def count_parameters(config: dict[str, Any]) -> dict[str, int]:
+    """``{part: parameters}`` (mmr1.models.parts.PARTS) of the model ``config`` describes: the class mmr1 loads
+    (AutoModelForImageTextToText; AutoModelForCausalLM for a text-only config) built on the meta device."""
+    return dict(_count_parameters(json.dumps(config, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=8)  # one model tree per config: the estimate and its variants reuse the count
+def _count_parameters(config_json: str) -> tuple[tuple[str, int], ...]:
+    # Imported here: torch and transformers' model code take seconds, and only a printed estimate needs them
+    # (``import mmr1.train``, where the dry run starts, loads no torch).
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from mmr1.models.parts import freeze_parts
+
+    config = json.loads(config_json)
+    model_type = config.pop("model_type", None)
+    auto = AutoModelForImageTextToText if "vision_config" in config else AutoModelForCausalLM
+    try:
+        hf_config = AutoConfig.for_model(model_type, **config)
+        # The meta device: the module tree without memory or initialisation. Not accelerate's init_empty_weights:
+        # it wraps every parameter registered inside it anew (accelerate/big_modeling.py init_on_device), so the
+        # tied LM head becomes a parameter of its own (Qwen2.5-VL-3B: 4,065,787,904 instead of 3,754,622,976).
+        with torch.device("meta"):
+            model = auto.from_config(hf_config)
+    except ValueError:  # a model_type this transformers does not know, or has no such model class for
+        raise UnknownArchitecture(f"model_type {model_type!r}: transformers has no {auto.__name__} for it") from None
+    counts = freeze_parts(model, freeze_vision_tower=False, freeze_aligner=False)  # nothing frozen: counts only
+    return tuple((part, total) for part, (total, _) in counts.items())
 
 
 def model_config(name_or_path: str) -> dict[str, Any]:
     """The config dict for ``model.name_or_path`` without loading weights or downloading anything:
     the embedded tiny model (its cached config.json, else its recipe), a known hub id, or a local dir."""
-    if name_or_path == "tiny_qwen2_5_vl":
+    if name_or_path == EMBEDDED_MODEL:
         from mmr1.models.tiny import RECIPE, cache_root, recipe_hash
 
-        built = cache_root() / f"tiny_qwen2_5_vl-{recipe_hash(RECIPE)}" / "config.json"
+        # tiny_qwen2_5_vl_path()'s directory, spelled out: that function builds the model when it is absent, and
+        # the dry run builds and loads no weights.
+        built = cache_root() / f"{EMBEDDED_MODEL}-{recipe_hash(RECIPE)}" / "config.json"
         if built.exists():  # the exact vocabulary (the trained tokenizer's, <= the recipe's vocab_size)
             return json.loads(built.read_text())
         t, v = RECIPE["text"], RECIPE["vision"]
+        # Token ids are the tokenizer's, unknown until it is built (None: transformers' Qwen defaults lie outside
+        # this vocabulary, and its config check would log that).
+        ids = dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"))
         return {"model_type": "qwen2_5_vl", "tie_word_embeddings": True,
-                "text_config": {**t, "vocab_size": RECIPE["vocab_size"], "tie_word_embeddings": True},
+                "text_config": {**t, "vocab_size": RECIPE["vocab_size"], "tie_word_embeddings": True, **ids},
                 "vision_config": {**v, "out_hidden_size": t["hidden_size"]}}
     if name_or_path in KNOWN_CONFIGS:
         return KNOWN_CONFIGS[name_or_path]
