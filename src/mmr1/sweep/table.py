@@ -183,6 +183,53 @@ def _beta(rec: RunRecord) -> float | None:
     return float(beta) if isinstance(beta, (int, float)) else None
 
 
+def _metric_key(rec: RunRecord, key: str) -> str:
+    """The metrics key a plot draws for ``rec``: ``key``, or for "acc" the run's own accuracy reward ("" if none)."""
+    if key != "acc":
+        return key
+    acc, _ = reward_names(rec.metrics)
+    return f"rewards/{acc}/mean" if acc else ""
+
+
+def _draw_run(ax: Any, rec: RunRecord, key: str, label: str, color: str) -> bool:
+    """One run's curve on ``ax`` (False when it logged nothing for this plot)."""
+    k = _metric_key(rec, key)
+    xs, ys = series(rec.metrics, k)
+    if not xs:
+        return False
+    # Raw per step (faint) under its rolling mean: single GRPO steps are too noisy to compare runs by.
+    ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
+    ax.plot(xs, rolling(ys), color=color, lw=1.6, label=label)
+    if key == "acc" and k:
+        ex, ey = series(rec.eval_metrics, "eval_" + k)
+        if ex:
+            ax.plot(ex, ey, color=color, ls="none", marker="o", ms=6, mec="black", mew=0.8)
+    for ev in guard_trips(rec):
+        ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
+    return True
+
+
+def _finish_axes(ax: Any, key: str, title: str, runs: list[RunRecord], drawn: int, no_kl: list[str]) -> None:
+    """What a plot says besides its curves: why runs are missing, a readable scale, title, labels, legend."""
+    if no_kl:
+        note = "KL not computed (beta=0): " + ", ".join(no_kl)
+        ax.text(0.5, 0.5 if not drawn else 0.95, note, ha="center", va="center" if not drawn else "top",
+                transform=ax.transAxes, fontsize=9, color="0.3", wrap=True)
+    elif not drawn:
+        ax.text(0.5, 0.5, "not logged by any run", ha="center", va="center", transform=ax.transAxes)
+    if key == "grad_norm" and drawn:
+        vals = sorted(y for r in runs for y in series(r.metrics, key)[1] if math.isfinite(y) and y > 0)
+        if vals and vals[-1] > 20 * vals[len(vals) // 2]:  # a spike is orders of magnitude; keep the rest readable
+            ax.set_yscale("symlog", linthresh=vals[len(vals) // 2])
+    if key == "completions/clipped_ratio" and drawn:
+        ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.25)
+    if drawn:
+        ax.legend(fontsize=8, loc="best")
+
+
 def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -194,43 +241,11 @@ def plot_overlays(runs: list[RunRecord], labels: list[str], out_dir: Path) -> li
         fig, ax = plt.subplots(figsize=(7, 4))
         drawn, no_kl = 0, []
         for i, (rec, label) in enumerate(zip(runs, labels)):
-            color = f"C{i % 10}"
-            k = key
-            if key == "acc":
-                acc, _ = reward_names(rec.metrics)
-                k = f"rewards/{acc}/mean" if acc else ""
-            xs, ys = series(rec.metrics, k)
-            if not xs:
-                if key == "kl" and _beta(rec) == 0:
-                    no_kl.append(label)
-                continue
-            # Raw per step (faint) under its rolling mean: single GRPO steps are too noisy to compare runs by.
-            ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
-            ax.plot(xs, rolling(ys), color=color, lw=1.6, label=label)
-            if key == "acc" and k:
-                ex, ey = series(rec.eval_metrics, "eval_" + k)
-                if ex:
-                    ax.plot(ex, ey, color=color, ls="none", marker="o", ms=6, mec="black", mew=0.8)
-            for ev in guard_trips(rec):
-                ax.axvline(ev["step"], color=color, ls="--", lw=0.8)
-            drawn += 1
-        if no_kl:
-            note = "KL not computed (beta=0): " + ", ".join(no_kl)
-            ax.text(0.5, 0.5 if not drawn else 0.95, note, ha="center", va="center" if not drawn else "top",
-                    transform=ax.transAxes, fontsize=9, color="0.3", wrap=True)
-        elif not drawn:
-            ax.text(0.5, 0.5, "not logged by any run", ha="center", va="center", transform=ax.transAxes)
-        if key == "grad_norm" and drawn:
-            vals = sorted(y for r in runs for y in series(r.metrics, key)[1] if math.isfinite(y) and y > 0)
-            if vals and vals[-1] > 20 * vals[len(vals) // 2]:  # a spike is orders of magnitude; keep the rest readable
-                ax.set_yscale("symlog", linthresh=vals[len(vals) // 2])
-        if key == "completions/clipped_ratio" and drawn:
-            ax.set_ylim(-0.03, 1.03)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.25)
-        if drawn:
-            ax.legend(fontsize=8, loc="best")
+            if _draw_run(ax, rec, key, label, f"C{i % 10}"):
+                drawn += 1
+            elif key == "kl" and _beta(rec) == 0:
+                no_kl.append(label)
+        _finish_axes(ax, key, title, runs, drawn, no_kl)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
