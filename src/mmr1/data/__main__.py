@@ -18,13 +18,13 @@ from omegaconf import DictConfig
 from mmr1.config import CONF_DIR
 from mmr1.config.schema import register_configs
 from mmr1.config.typed import container
+from mmr1.data import build_datasets, resolve_pixel_limits
+from mmr1.data.images import image_tokens
 
 register_configs()  # conf/train.yaml extends the typed schema (`schema: train`), as for training
 
 
 def preview_rows(bundle, limit: int | None = None):
-    from mmr1.data.images import image_tokens
-
     for split in (bundle.train, bundle.eval):
         if split is None:
             continue
@@ -45,8 +45,6 @@ def preview_rows(bundle, limit: int | None = None):
 
 def preview(cfg: DictConfig) -> tuple[list[dict], dict]:
     """Build the configured dataset as training would (same pixel limits, seed) and describe its rows."""
-    from mmr1.data import build_datasets, resolve_pixel_limits
-
     model = cfg.get("model") or {}
     limits = resolve_pixel_limits(model.get("max_pixels"), model.get("min_pixels"))
     seed = (cfg.get("trainer") or {}).get("seed", cfg.get("seed", 0))

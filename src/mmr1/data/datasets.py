@@ -185,7 +185,7 @@ def build_datasets(
 
     cfg = to_config(dataset_cfg)
     if cfg.tasks:  # a mixture: each task built by this function, then mixed (mmr1.data.mixture)
-        from mmr1.data.mixture import build_mixture
+        from mmr1.data.mixture import build_mixture  # mixture builds each task with this module
 
         return build_mixture(cfg, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed)
     name = cfg.name

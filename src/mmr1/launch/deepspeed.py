@@ -14,6 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmr1.launch.layout import in_launched_rank
+from mmr1.tracking.run_dir import write_atomic
+
 FILENAME = "deepspeed.json"
 
 
@@ -97,8 +100,6 @@ def deepspeed_config(ds: DictConfig) -> dict[str, Any]:
 
 def write_deepspeed_config(ds: DictConfig, run_dir: str | Path) -> Path:
     """Write ``run_dir/deepspeed.json`` atomically (readers never see a half-written file)."""
-    from mmr1.tracking.run_dir import write_atomic
-
     path = Path(run_dir) / FILENAME
     write_atomic(path, json.dumps(deepspeed_config(ds), indent=2) + "\n")
     return path
@@ -113,8 +114,6 @@ def cpu_state(cfg: DictConfig, timeout_s: float = 1800) -> dict[str, Any]:
     distributed training": every rank believes it is rank 0 of 1. Given the backend, the same state is
     DeepSpeed on 2+ ranks; ``use_configured_state`` has the Trainer take it as it is.
     """
-    from mmr1.launch.layout import in_launched_rank
-
     if not cfg.deepspeed.enabled or not in_launched_rank():
         return {}
     import torch

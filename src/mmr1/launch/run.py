@@ -25,7 +25,10 @@ from mmr1.launch.plan import accelerate_command, build_plan, launcher_env
 from mmr1.launch.procs import ChildExited, Supervisor, Terminated
 from mmr1.launch.vllm_server import server_url, wait_healthy
 from mmr1.models.loading import EMBEDDED_MODEL
+from mmr1.models.policy import prepare_policy
 from mmr1.rollout.vllm_engine import vllm_build
+from mmr1.tracking.jsonl import read_metrics
+from mmr1.tracking.run_dir import write_json
 
 log = logging.getLogger("mmr1.launch")
 PLAN_FILE = "launch.json"
@@ -53,8 +56,6 @@ def write_launch_plan(cfg: DictConfig, run_dir: str | Path, *, overrides: list[s
     """Resolve and check the layout (LayoutError names every clash), write ``launch.json``.
 
     ``env`` and ``gpus`` stand in for this machine's environment and GPU count (tests)."""
-    from mmr1.tracking.run_dir import write_json
-
     hydra_overrides, job_num = hydra_context()
     overrides = hydra_overrides if overrides is None else overrides
     if layout is None:
@@ -100,14 +101,10 @@ def _prepare_model(cfg: DictConfig) -> str | None:
     them cached instead of racing to build them; returns the path they will load."""
     if cfg.model.name_or_path != EMBEDDED_MODEL and not cfg.model.warmstart.enabled:
         return None
-    from mmr1.models.policy import prepare_policy
-
     return prepare_policy(cfg).path
 
 
 def _final_metrics(run_dir: Path) -> dict[str, Any]:
-    from mmr1.tracking.jsonl import read_metrics
-
     rows = read_metrics(run_dir / "metrics.jsonl")
     return rows[-1] if rows else {}
 

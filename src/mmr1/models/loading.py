@@ -6,6 +6,8 @@ import logging
 
 from omegaconf import DictConfig
 
+from mmr1.models.lora import is_adapter_dir, load_trained, quantization_config
+
 log = logging.getLogger(__name__)
 
 # `model.name_or_path` of the embedded default: built locally from a config (mmr1.models.tiny), never downloaded.
@@ -16,7 +18,7 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
     """The directory or hub id to load: embedded builders and warm-starts are built (cached) here."""
     name = model_cfg.name_or_path
     if name == EMBEDDED_MODEL:
-        from mmr1.models.tiny import tiny_qwen2_5_vl_path
+        from mmr1.models.tiny import tiny_qwen2_5_vl_path  # torch: a name resolves without it
 
         path = str(tiny_qwen2_5_vl_path())
     else:
@@ -51,8 +53,6 @@ def load_model(path: str, model_cfg: DictConfig):
     ``train_type=qlora`` the base weights load in 4 bit; the adapters are added by the trainer."""
     import torch
     from transformers import AutoModelForImageTextToText
-
-    from mmr1.models.lora import is_adapter_dir, load_trained, quantization_config
 
     dtype = getattr(torch, model_cfg.torch_dtype)
     kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}

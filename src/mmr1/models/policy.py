@@ -12,6 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mmr1.data import resolve_pixel_limits
+from mmr1.models import load_processor, resolve_model_path
+
 
 @dataclass
 class Policy:
@@ -24,9 +27,6 @@ class Policy:
 def prepare_policy(cfg: DictConfig, *, warmstart: bool = True, limits: Any = None) -> Policy:
     """``limits``: the already resolved image limits (resolving them again would repeat the config-vs-env
     warning); None resolves them here."""
-    from mmr1.data import resolve_pixel_limits
-    from mmr1.models import load_processor, resolve_model_path
-
     if limits is None:
         limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     base = resolve_model_path(cfg.model)
@@ -38,7 +38,7 @@ def prepare_policy(cfg: DictConfig, *, warmstart: bool = True, limits: Any = Non
 
 def warm_start(cfg: DictConfig, policy: Policy) -> Policy:
     """``policy`` starting from its cached warm-start when ``model.warmstart.enabled`` (built once)."""
-    from mmr1.models.warmstart import maybe_warmstart
+    from mmr1.models.warmstart import maybe_warmstart  # transformers: the dry run plans without it
 
     path = maybe_warmstart(cfg, policy.base_path, policy.processor, policy.limits)
     return Policy(path=path, base_path=policy.base_path, processor=policy.processor, limits=policy.limits)

@@ -24,8 +24,11 @@ from transformers import PrinterCallback, TrainerCallback
 
 from mmr1.config.grpo_args import checkpointing_field
 from mmr1.config.typed import container
+from mmr1.data import build_datasets
+from mmr1.models.generation import generate
 from mmr1.models.tiny import build_lock, cache_root
 from mmr1.rewards import get as get_reward
+from mmr1.tracking.quiet import weight_bars_off
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +94,6 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     from transformers import AutoModelForImageTextToText
     from trl import SFTConfig, SFTTrainer
 
-    from mmr1.data import build_datasets
-    from mmr1.tracking.quiet import weight_bars_off
-
     ws = cfg.model.warmstart
     ds_cfg = warmstart_data_cfg(cfg.dataset, ws)
     data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
@@ -144,8 +144,6 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
 
 def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
     """Greedy completions (text) for rows with ``prompt`` messages and one ``image``."""
-    from mmr1.models.generation import generate
-
     was_training = model.training
     model.eval()
     try:

@@ -41,6 +41,7 @@ from transformers import TrainerCallback
 
 from mmr1.internals import wrap_checkpoint_save
 from mmr1.reliability.hashes import hash_files, verify_content
+from mmr1.tracking.run_dir import MIN_FREE_BYTES
 
 log = logging.getLogger("mmr1.reliability")
 
@@ -283,8 +284,6 @@ def _is_disk_full(err: BaseException, ckpt: Path) -> bool:
         e = e.__cause__ or e.__context__
     if not isinstance(err, (OSError, RuntimeError)):
         return False
-    from mmr1.tracking.run_dir import MIN_FREE_BYTES
-
     return _free_bytes(ckpt) < MIN_FREE_BYTES
 
 

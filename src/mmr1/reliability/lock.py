@@ -34,6 +34,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmr1.launch.layout import LAUNCHED_ENV, in_launched_rank
+from mmr1.tracking.ranks import is_main_process
+from mmr1.tracking.secrets import redact
+
 log = logging.getLogger("mmr1.reliability.lock")
 LOCK_FILE = ".mmr1.lock"
 
@@ -75,11 +79,10 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 
 def _holder_info() -> dict[str, Any]:
-    from mmr1.tracking.secrets import redact  # a secret override must not land in the lock file either
-
     now = time.time()
     return {"pid": os.getpid(), "host": socket.gethostname(), "started_unix": round(now, 3),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now)),
+            # A secret override must not land in the lock file either.
             "command": redact(shlex.join([Path(sys.executable).name, *sys.argv]))}
 
 
@@ -202,9 +205,6 @@ def hold_run_dir(cfg: Any, env: Mapping[str, str] | None = None) -> RunDirLock |
     """Take the run directory's lock for this run (acquired on return; ``release()`` or ``with`` ends it).
 
     Raises ``RunDirLocked`` when another live run holds it. A rank mmr1 started gets a ``NoLock``."""
-    from mmr1.launch.layout import LAUNCHED_ENV, in_launched_rank
-    from mmr1.tracking.ranks import is_main_process
-
     env = os.environ if env is None else env
     if env.get(LAUNCHED_ENV) == "1":
         return NoLock()  # started by mmr1's launcher, which holds the lock for every rank

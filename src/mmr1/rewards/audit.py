@@ -26,8 +26,11 @@ import hydra
 from omegaconf import DictConfig
 
 from mmr1.config import CONF_DIR
+from mmr1.config.rehearsal import HUB_SOURCES, apply_rehearsal
 from mmr1.config.schema import register_configs
 from mmr1.config.typed import container
+from mmr1.data import build_datasets, resolve_pixel_limits
+from mmr1.rewards import build_reward_funcs, shutdown
 from mmr1.rewards.config import AuditConfig, as_audit_config
 from mmr1.rewards.probes import flagged, score_probes, table
 from mmr1.tracking.run_dir import write_json
@@ -40,9 +43,6 @@ register_configs()  # conf/audit.yaml extends conf/train.yaml, which extends the
 
 def audit_rows(cfg: DictConfig, audit: AuditConfig) -> tuple[list[dict], str]:
     """``audit.rows`` rows of the experiment's dataset as training builds them, and where they came from."""
-    from mmr1.config.rehearsal import HUB_SOURCES
-    from mmr1.data import build_datasets, resolve_pixel_limits
-
     limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
     # Only the rows probed are built: no held-out split, and a generator makes just those rows.
     dataset = {**container(cfg.dataset, enum_to_str=True), "eval_size": 0, "limit": audit.rows}
@@ -71,9 +71,6 @@ def audit_rows(cfg: DictConfig, audit: AuditConfig) -> tuple[list[dict], str]:
 
 def run(cfg: DictConfig) -> int:
     """The command: table on stdout, ``audit.json`` in the run directory; the exit status."""
-    from mmr1.config.rehearsal import apply_rehearsal
-    from mmr1.rewards import build_reward_funcs, shutdown
-
     apply_rehearsal(cfg)  # +preset=rehearsal: the same swaps as in training
     audit = as_audit_config(cfg.get("audit"))
     out = Path(cfg.run_dir)

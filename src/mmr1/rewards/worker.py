@@ -60,7 +60,7 @@ def main() -> None:
     _die_with_parent(parent_pid)
     tasks, results = Connection(task_fd, writable=False), Connection(result_fd, readable=False)
     try:
-        from mmr1.rewards import registry
+        from mmr1.rewards import registry  # in the try: a plugin that fails to load is reported
 
         registry.load_plugins(json.loads(plugins))
         registry.names()

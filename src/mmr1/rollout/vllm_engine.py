@@ -30,6 +30,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mmr1.data import resolve_pixel_limits
+from mmr1.data.images import FACTOR
+
 log = logging.getLogger("mmr1.rollout")
 GIB = 1 << 30
 
@@ -59,9 +62,6 @@ def mm_processor_kwargs(model: DictConfig, max_model_len: int | None = None) -> 
     >>> mm_processor_kwargs(OmegaConf.create({"max_pixels": None, "min_pixels": None}), 1024)["max_pixels"]
     802032
     """
-    from mmr1.data import resolve_pixel_limits
-    from mmr1.data.images import FACTOR
-
     limits = resolve_pixel_limits(model.max_pixels, model.min_pixels)
     max_pixels = limits.max_pixels
     if max_model_len is not None:

@@ -17,6 +17,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mmr1.sweep.naming import register_resolver
+from mmr1.sweep.status import record_failure
+from mmr1.sweep.table import write_report
 
 log = logging.getLogger("mmr1.sweep")
 TOTAL_ENV = "MMR1_SWEEP_TOTAL"  # points in this sweep, for the progress bar's "[i/N]" label
@@ -62,8 +64,6 @@ class SweepReport(Callback):
         if hc.mode != RunMode.MULTIRUN:
             return
         if getattr(job_return, "status", None) is not None and job_return.status.name == "FAILED":
-            from mmr1.sweep.status import record_failure
-
             # Failures before train.py's own hook (composition, an unwritable run dir) land here;
             # JobReturn.return_value re-raises a failed job's exception (its public way to give it).
             try:
@@ -79,8 +79,6 @@ class SweepReport(Callback):
             print(f"Sweep report: {path}")
 
     def _write(self, sweep_dir: Path) -> Path | None:
-        from mmr1.sweep.table import write_report
-
         try:
             write_report(sweep_dir, plots=self.plots)
         except Exception as err:  # noqa: BLE001 - the report must never fail the sweep it describes

@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmr1.tracking.secrets import redact
+
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "wandb_run_id"
 _announced_offline = False
@@ -70,8 +72,6 @@ def sweep_group_and_name(run_dir: Path) -> tuple[str | None, str | None]:
 
 
 def init_kwargs(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from mmr1.tracking.secrets import redact
-
     lg = cfg.logger
     group, name = sweep_group_and_name(run_dir)
     id_file = run_dir / RUN_ID_FILE

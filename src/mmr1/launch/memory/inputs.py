@@ -7,6 +7,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from mmr1.data.images import FACTOR, QWEN_MIN_PIXELS, resolve_pixel_limits
+from mmr1.launch.deepspeed import deepspeed_config
 from mmr1.launch.memory.arch import Arch, arch_from_config, model_config
 
 # The seed's prompts without their image: the R1-V system prompt (398 characters, ~90 tokens), Qwen's chat
@@ -89,8 +91,6 @@ def _sequence(cfg: Any, *, max_pixels: int | None, prompt_tokens: int | None, im
     each term keeps its own worst case inside it (sequence = the context, completion = what the shortest
     prompt leaves), so their sum still bounds the memory.
     """
-    from mmr1.data.images import FACTOR, QWEN_MIN_PIXELS, resolve_pixel_limits
-
     notes: list[str] = []
     t = cfg.trainer
     completion = int(t.max_completion_length)
@@ -142,8 +142,6 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
     ds_half = half
     reduce_bucket, allgather_bucket = float(arch.hidden**2), 2e8
     if zero is not None:
-        from mmr1.launch.deepspeed import deepspeed_config
-
         dsc = deepspeed_config(ds)
         bf16 = dsc.get("bf16", {}).get("enabled", "auto")
         ds_half = half if bf16 == "auto" else bool(bf16)

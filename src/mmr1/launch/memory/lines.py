@@ -6,6 +6,7 @@ from typing import Any
 
 from mmr1.launch.memory.arch import UnknownArchitecture
 from mmr1.launch.memory.estimate import estimate_memory
+from mmr1.models.parts import describe
 
 
 def _fmt(x: float) -> str:
@@ -21,8 +22,6 @@ def _parts_line(est: dict[str, Any]) -> list[str]:
     p = est["plan"]
     if p["trainable"] is not None:  # LoRA: the header gives the adapters' count
         return []
-    from mmr1.models.parts import describe
-
     aligner, vision = est["n_params_aligner"], est["n_params_vision"]
     counts = {"language_model": (est["n_params_text"], est["n_params_text"]),
               "vision_tower": (vision - aligner, (vision - aligner) if p["vision_trains"] else 0),
