@@ -210,9 +210,14 @@ def build_tiny_qwen2_5_vl(out_dir: Path, recipe: dict = RECIPE) -> Path:
     return out_dir
 
 
+def tiny_qwen2_5_vl_dir(recipe: dict = RECIPE) -> Path:
+    """Where the tiny model of ``recipe`` is cached, built or not (a new recipe gets a new directory)."""
+    return cache_root() / f"tiny_qwen2_5_vl-{recipe_hash(recipe)}"
+
+
 def tiny_qwen2_5_vl_path(recipe: dict = RECIPE) -> Path:
     """Return the cached tiny model's directory, building it first when absent or outdated."""
-    path = cache_root() / f"tiny_qwen2_5_vl-{recipe_hash(recipe)}"
+    path = tiny_qwen2_5_vl_dir(recipe)
     if not (path / "mmr1_recipe.json").exists():
         with build_lock(path):
             if not (path / "mmr1_recipe.json").exists():  # another process may have built it while we waited

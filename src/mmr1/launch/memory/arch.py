@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmr1.models.loading import EMBEDDED_MODEL
+from mmr1.models.tiny import RECIPE, tiny_qwen2_5_vl_dir
 
 GB = 2**30
 FP32 = 4
@@ -189,11 +190,7 @@ def model_config(name_or_path: str) -> dict[str, Any]:
     """The config dict for ``model.name_or_path`` without loading weights or downloading anything:
     the embedded tiny model (its cached config.json, else its recipe), a known hub id, or a local dir."""
     if name_or_path == EMBEDDED_MODEL:
-        from mmr1.models.tiny import RECIPE, cache_root, recipe_hash
-
-        # tiny_qwen2_5_vl_path()'s directory, spelled out: that function builds the model when it is absent, and
-        # the dry run builds and loads no weights.
-        built = cache_root() / f"{EMBEDDED_MODEL}-{recipe_hash(RECIPE)}" / "config.json"
+        built = tiny_qwen2_5_vl_dir() / "config.json"  # not _path(), which builds: the dry run loads no weights
         if built.exists():  # the exact vocabulary (the trained tokenizer's, <= the recipe's vocab_size)
             return json.loads(built.read_text())
         t, v = RECIPE["text"], RECIPE["vision"]
