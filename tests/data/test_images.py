@@ -27,7 +27,9 @@ def test_smart_resize_is_the_processors_own_resize():
     shapes = [(h, w) for h, w in itertools.product((1, 13, 28, 84, 333, 1080), (7, 56, 500, 1920))
               if max(h, w) / min(h, w) <= 200]
     for mn, mx in ((QWEN_MIN_PIXELS, 3136), (QWEN_MIN_PIXELS, 262144), (QWEN_MIN_PIXELS, 401408), (50000, 401408)):
-        processor = Qwen2VLImageProcessor(min_pixels=mn, max_pixels=mx)
+        # A dict of its own: transformers 5.17 (the floor) writes min_pixels= / max_pixels= into the class-level
+        # default `size`, which every later processor then starts from.
+        processor = Qwen2VLImageProcessor(size={"shortest_edge": mn, "longest_edge": mx})
         images = [Image.new("RGB", (w, h)) for h, w in shapes]
         grids = processor(images=images, return_tensors="pt")["image_grid_thw"].tolist()
         patch = processor.patch_size

@@ -49,7 +49,7 @@ def test_two_point_sweep_report_matches_each_runs_metrics(tmp_path):
     kl = _mean_tail(read_metrics(sweep / "1_beta=0.001" / "metrics.jsonl"), "kl")
     assert float(rows["1_beta=0.001"]["kl_final"]) == pytest.approx(kl)
     md = (sweep / "report.md").read_text()
-    assert "2 runs: 2 finished" in md and "| 1_beta=0.001 | trainer.beta=0.001 | finished | 2 |" in md
+    assert "2 runs: 2 finished" in md and "| 1_beta=0.001 | trainer.beta=0.001 | - | finished | 2 |" in md
 
 
 def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):

@@ -18,7 +18,10 @@ from mmr1.config.typed import container
 log = logging.getLogger("mmr1.config")
 
 # mmr1 keys under `trainer` that are not GRPOConfig fields.
-_MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length", "dynamic_sampling", "dynamic_sampling_max_batches"}
+_MMR1_ONLY_TRAINER_KEYS = {"extra", "max_length", "dynamic_sampling", "dynamic_sampling_max_batches", "algorithm"}
+# GRPOConfig fields mmr1 passes only when set: null means TRL's default, and grpo_args.json of a run that sets none
+# of them stays what it was before mmr1 knew them.
+_WHEN_SET = {"epsilon_high", "delta", "importance_sampling_level", "top_entropy_quantile"}
 
 
 def client_host(bind_host: str) -> str:
@@ -63,7 +66,9 @@ def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Return the exact kwargs for ``GRPOConfig`` (JSON-serialisable; written to grpo_args.json)."""
     trainer = container(cfg.trainer)
     extra = trainer.pop("extra", {}) or {}
-    kwargs: dict[str, Any] = {k: v for k, v in trainer.items() if k not in _MMR1_ONLY_TRAINER_KEYS}
+    check_algorithm(trainer)
+    kwargs: dict[str, Any] = {k: v for k, v in trainer.items()
+                              if k not in _MMR1_ONLY_TRAINER_KEYS and not (k in _WHEN_SET and v is None)}
 
     opt = cfg.optimizer
     kwargs.update(
@@ -87,7 +92,8 @@ def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logging_nan_inf_filter=False,
     )
     if cfg.reward.weights is not None:
-        kwargs["reward_weights"] = list(cfg.reward.weights)
+        # DAPO's overlong penalty, added after the configured rewards (mmr1.rewards.overlong), weighs 1 as in the paper.
+        kwargs["reward_weights"] = list(cfg.reward.weights) + ([1.0] if cfg.reward.overlong_cache is not None else [])
     if "gradient_checkpointing" in kwargs:
         kwargs[checkpointing_field()] = kwargs.pop("gradient_checkpointing")
     # Pinned host memory only helps copies to an accelerator; without one torch warns at every DataLoader.
@@ -99,6 +105,66 @@ def build_grpo_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     kwargs.update(_deepspeed_kwargs(cfg, run_dir))
     kwargs.update(extra)
     return kwargs
+
+
+# TRL 1.16's loss formulations (trl/trainer/grpo_config.py `loss_type`), and those whose clipped surrogate reads
+# epsilon_high and delta (trl/trainer/grpo_trainer.py `_compute_loss`: cispo reads epsilon_high as its cap and no
+# delta; sapo and vespo read neither). tests/test_algorithms.py pins both against the installed TRL.
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+# Losses that sum per-token terms: under sequence-level ratios they weight each sequence by its length instead of
+# optimising GSPO's per-sequence objective (TRL only warns, trl/trainer/grpo_trainer.py, GRPOTrainer.__init__).
+TOKEN_SUM = ("bnpo", "dr_grpo", "dapo", "cispo")
+
+
+class AlgorithmError(ValueError):
+    """A combination of the policy-optimisation keys that TRL refuses, ignores or turns into another objective."""
+
+
+def check_algorithm(trainer: dict[str, Any]) -> None:
+    """Refuse, at start and naming the keys, what TRL would refuse later or silently not do."""
+    problems = _value_problems(trainer) + _combination_problems(trainer)
+    if problems:
+        raise AlgorithmError("the GRPO algorithm settings do not fit together:\n  - " + "\n  - ".join(problems))
+
+
+def _value_problems(t: dict[str, Any]) -> list[str]:
+    out = []
+    if t["loss_type"] not in LOSS_TYPES:
+        out.append(f"trainer.loss_type={t['loss_type']!r}: TRL knows {list(LOSS_TYPES)}")
+    if t["scale_rewards"] not in ("group", "batch", "none"):
+        out.append(f"trainer.scale_rewards={t['scale_rewards']!r}: one of group, batch, none")
+    if t.get("importance_sampling_level") not in (None, "token", "sequence"):
+        out.append(f"trainer.importance_sampling_level={t['importance_sampling_level']!r}: token or sequence")
+    rho = t.get("top_entropy_quantile")
+    if rho is not None and not 0.0 <= rho <= 1.0:
+        out.append(f"trainer.top_entropy_quantile={rho}: a quantile in [0, 1]")
+    return out
+
+
+def _combination_problems(t: dict[str, Any]) -> list[str]:
+    loss, eps, eps_high = t["loss_type"], t["epsilon"], t.get("epsilon_high")
+    level, delta = t.get("importance_sampling_level"), t.get("delta")
+    out = []
+    if eps_high is not None and loss not in (*CLIPPED, "cispo"):
+        out.append(f"trainer.epsilon_high={eps_high} does nothing with trainer.loss_type={loss!r}")
+    elif eps_high is not None and loss != "cispo" and eps_high < eps:
+        out.append(f"trainer.epsilon_high={eps_high} is below trainer.epsilon={eps}: clip-higher raises the upper "
+                   "bound, it never lowers it")
+    if delta is not None and loss not in CLIPPED:
+        out.append(f"trainer.delta={delta} does nothing with trainer.loss_type={loss!r} (only {list(CLIPPED)} clip "
+                   "the ratio)")
+    elif delta is not None and delta <= 1 + (eps if eps_high is None else eps_high):
+        out.append(f"trainer.delta={delta} must exceed 1 + the upper clip ({1 + (eps_high or eps)}): below it the "
+                   "cap cuts into the clipped region (INTELLECT-2's two-sided clipping)")
+    if level == "sequence" and loss in TOKEN_SUM:
+        out.append(f"trainer.importance_sampling_level=sequence with trainer.loss_type={loss!r} weights each "
+                   "sequence by its length instead of GSPO's per-sequence objective: use loss_type=grpo")
+    if loss == "luspo" and level != "sequence":
+        out.append("trainer.loss_type=luspo needs trainer.importance_sampling_level=sequence")
+    if loss == "vespo" and level == "sequence":
+        out.append("trainer.loss_type=vespo computes its own sequence weights: importance_sampling_level=token")
+    return out
 
 
 def _deepspeed_kwargs(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

@@ -184,6 +184,14 @@ class TrainerConfig:
     loss_type: str = "grpo"  # TRL's default is "dapo"; the seed's recipe sets "bnpo"
     scale_rewards: str = "group"
     epsilon: float = 0.2
+    # The policy-optimisation variants (conf/algorithm/: dapo, dr_grpo, gspo), TRL's fields. null = TRL's own
+    # default, and then not written to grpo_args.json (a run that sets none of them records what it did before).
+    epsilon_high: float | None = None  # clip-higher's upper bound (DAPO 0.28); null: = epsilon
+    delta: float | None = None  # two-sided clipping's cap on the ratio (INTELLECT-2); > 1 + epsilon_high
+    importance_sampling_level: str | None = None  # token | sequence (GSPO); null: TRL's token
+    top_entropy_quantile: float | None = None  # keep the top-rho entropy tokens in the loss; null: TRL's 1.0
+    # The algorithm file this run composed (conf/algorithm/), recorded for the sweep report; null: none chosen.
+    algorithm: str | None = None
     num_iterations: int = 1
     temperature: float = 1.0
     top_p: float = 1.0

@@ -32,6 +32,7 @@ from mmr1.config.typed import container
 from mmr1.data import build_datasets, resolve_pixel_limits
 from mmr1.rewards import build_reward_funcs, shutdown
 from mmr1.rewards.config import AuditConfig, as_audit_config
+from mmr1.rewards.overlong import NAME as OVERLONG
 from mmr1.rewards.probes import flagged, score_probes, table
 from mmr1.tracking.run_dir import write_json
 
@@ -113,7 +114,9 @@ def audit_at_start(cfg: Any, reward_funcs: list, dataset: Any, run_dir: Path) ->
             return None
         t0 = time.monotonic()
         rows = [dataset[i] for i in range(min(audit.rows, len(dataset)))]
-        records = score_probes(reward_funcs, rows, cfg.trainer.max_completion_length)
+        # The probes are text: a reward on token counts (DAPO's overlong penalty) has nothing to score.
+        text_rewards = [f for f in reward_funcs if f.__name__ != OVERLONG]
+        records = score_probes(text_rewards, rows, cfg.trainer.max_completion_length)
         write_json(Path(run_dir) / AUDIT_FILE, records)
         found = flagged(records)
         seconds = round(time.monotonic() - t0, 2)

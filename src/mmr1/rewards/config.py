@@ -56,6 +56,9 @@ class RewardConfig:
     # The first failed items of a run written to run_dir/reward_failures.jsonl: enough to debug, not enough
     # to fill a disk when every item fails.
     max_failures_logged: int = 20
+    # DAPO's overlong reward shaping (mmr1.rewards.overlong, conf/algorithm/dapo.yaml): the soft punish cache as a
+    # fraction of trainer.max_completion_length (the paper's 4096 of 20480: 0.2); null: off.
+    overlong_cache: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.on_all_zero, OnAllZero):  # built directly from Python with a string
@@ -69,6 +72,9 @@ class RewardConfig:
         self.weights = None if self.weights is None else [float(w) for w in self.weights]
         if not self.funcs:
             raise RewardConfigError("reward.funcs is empty: name at least one reward")
+        if "soft_overlong" in self.funcs:
+            raise RewardConfigError("reward.funcs names soft_overlong: set reward.overlong_cache instead (it is sized "
+                                    "from trainer.max_completion_length and added to the training rewards)")
         dupes = sorted({f for f in self.funcs if self.funcs.count(f) > 1})
         if dupes:
             # TRL logs rewards/<name>/mean per function: two with one name would overwrite each other.

@@ -21,8 +21,9 @@ from mmr1.tracking.per_task import reward_key, task_names
 from mmr1.tracking.run_dir import write_atomic  # parallel sweep jobs may all rewrite the report
 from mmr1.tracking.series import WINDOW, reward_names, rolling, series
 
-COLUMNS = ["run", "overrides", "status", "steps", "acc_final", "acc_best", "format_final", "kl_final",
-           "grad_norm_max", "completion_length", "wall_time_s", "collapsed", "eval_acc", "eval_step"]
+COLUMNS = ["run", "overrides", "algorithm", "status", "steps", "acc_final", "acc_best", "format_final", "kl_final",
+           "clip_low", "clip_high", "grad_norm_max", "completion_length", "wall_time_s", "collapsed", "eval_acc",
+           "eval_step"]
 PLOTS = {  # file -> (metrics key or "acc" for the accuracy reward, title)
     "reward.png": ("acc", f"accuracy reward (raw, {WINDOW}-step rolling mean; dots: in-training eval)"),
     "kl.png": ("kl", f"KL to the reference ({WINDOW}-step rolling mean)"),
@@ -74,6 +75,11 @@ def _run_config(rec: RunRecord) -> dict[str, Any]:
     return container(OmegaConf.load(path), resolve=False)
 
 
+def _algorithm(rec: RunRecord) -> str | None:
+    """The run's conf/algorithm/ choice (trainer.algorithm in its config.yaml); None when it chose none."""
+    return (_run_config(rec).get("trainer") or {}).get("algorithm")
+
+
 def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
     acc, fmt = reward_names(rec.metrics)
     _, acc_ys = series(rec.metrics, f"rewards/{acc}/mean") if acc else ([], [])
@@ -83,9 +89,12 @@ def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
     if steps is None and rec.metrics:
         steps = rec.metrics[-1].get("step")
     row: dict[str, Any] = {
-        "run": rec.path.name, "overrides": label, "status": status_cell(rec), "steps": steps,
-        "acc_final": _tail_mean(acc_ys), "acc_best": max(rolling(acc_ys)) if acc_ys else None,
+        "run": rec.path.name, "overrides": label, "algorithm": _algorithm(rec), "status": status_cell(rec),
+        "steps": steps, "acc_final": _tail_mean(acc_ys), "acc_best": max(rolling(acc_ys)) if acc_ys else None,
         "format_final": _tail_mean(fmt_ys), "kl_final": _tail_mean(series(rec.metrics, "kl")[1]),
+        # TRL's share of tokens whose ratio was clipped below 1 - epsilon / above 1 + epsilon_high (last-WINDOW mean).
+        "clip_low": _tail_mean(series(rec.metrics, "clip_ratio/low_mean")[1]),
+        "clip_high": _tail_mean(series(rec.metrics, "clip_ratio/high_mean")[1]),
         "grad_norm_max": max(grad) if grad else None,
         "completion_length": _tail_mean(series(rec.metrics, "completions/mean_length")[1]),
         "wall_time_s": rec.wall_time_s, "collapsed": collapse_verdict(rec), "eval_acc": None, "eval_step": None,
@@ -138,8 +147,8 @@ def task_columns(rows: list[dict]) -> list[str]:
 
 def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
     per_task = task_columns(rows)
-    head = ["run", "overrides", "status", "steps", f"acc final ({WINDOW})", "acc best", "format", "KL",
-            "max grad norm", "compl. len", "wall s", "collapsed", "eval acc",
+    head = ["run", "overrides", "algorithm", "status", "steps", f"acc final ({WINDOW})", "acc best", "format", "KL",
+            "clip low", "clip high", "max grad norm", "compl. len", "wall s", "collapsed", "eval acc",
             *(f"{t} {'acc' if kind == 'acc_final' else 'eval'}" for kind, t in (c.split("/", 1) for c in per_task))]
     keys = COLUMNS[:-2] + ["eval_acc"]
     lines = [f"# Sweep report: {sweep_dir}", "",
@@ -158,6 +167,8 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
               "collapsed: the collapse guard's trips when it ran, else its detector replayed over the run's "
               "metrics with the run's guard settings (a reward drop together with a KL or grad-norm spike for "
               "guard.patience steps, or a non-finite loss); '-' = fewer than guard.min_history steps. "
+              "clip low / high: TRL's share of tokens whose importance ratio was clipped below 1 - epsilon / above "
+              f"1 + epsilon_high (last-{WINDOW} means); algorithm: the run's conf/algorithm/ choice. "
               "eval acc: mmr1.evaluate's eval.json when present, else the "
               "last in-training evaluation (@ its step). A task mixture adds each task's final accuracy "
               "reward (<task> acc) and evaluation accuracy (<task> eval).", ""]

@@ -41,7 +41,8 @@ def open_run(cfg: DictConfig) -> Run:
     run_dir = prepare_run_dir(cfg.run_dir) if main else Path(cfg.run_dir)
     # Scrub .hydra/, refuse secret-looking overrides, redact log output (mmr1.tracking.secrets).
     protect_run_dir(run_dir, scrub=main)
-    run = Run(dir=run_dir, main=main, reward_funcs=build_reward_funcs(cfg.reward, run_dir),
+    rewards = build_reward_funcs(cfg.reward, run_dir, max_completion_length=cfg.trainer.max_completion_length)
+    run = Run(dir=run_dir, main=main, reward_funcs=rewards,
               limits=resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels),
               grpo_kwargs=build_grpo_kwargs(cfg, run_dir))
     check_train_type(cfg.model, runtime=not cfg.dry_run)  # lora/qlora: peft, bitsandbytes + CUDA (qlora)
