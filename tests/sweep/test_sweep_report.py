@@ -91,7 +91,7 @@ def test_report_rows_match_metrics(tmp_path):
         csv_rows = list(csv.DictReader(f))
     assert [float(r["acc_final"]) for r in csv_rows] == pytest.approx([r0["acc_final"], r1["acc_final"]])
     md = (sweep / "report.md").read_text()
-    assert "| 1_beta=0.04 | trainer.beta=0.04 | finished | 30 |" in md and "0.750 @30" in md
+    assert "| 1_beta=0.04 | trainer.beta=0.04 | - | finished | 30 |" in md and "0.750 @30" in md
     for png in ("reward.png", "kl.png", "grad_norm.png", "completion_length.png"):
         assert (sweep / png).stat().st_size > 1000
 
