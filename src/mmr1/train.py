@@ -39,8 +39,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.dry_run:
         dry_run(cfg, run.grpo_kwargs, run.limits, run.dir)  # checks, launch plan, memory estimate
         return {}
-    # The one lazy import: a dry run and the launching process (which only starts ranks) never import torch or
-    # TRL (tests/test_startup.py checks it).
+    # The one lazy import: importing this entry point (a launching process that only starts ranks, a composed
+    # config) loads no torch or TRL (tests/test_startup.py checks it).
     from mmr1.trainer import steps
 
     resume = steps.checkpoint_to_resume(cfg, run)  # a run directory whose checkpoints are all broken fails here

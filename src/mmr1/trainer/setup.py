@@ -1,6 +1,7 @@
 """The first step of every run, dry or real: the run directory, the secrets guard, and everything that can fail on
 the configuration alone (rewards, image limits, GRPO arguments, LoRA), written down before any weights or data.
-No torch here: a dry run and the launching process stop after this step."""
+No torch imported here: a dry run and the launching process stop after this step (only the dry run's memory estimate
+builds a weightless model to count parameters)."""
 
 from __future__ import annotations
 
