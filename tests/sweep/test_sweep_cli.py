@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from mmr1.rewards.overlong import NAME as OVERLONG
 from mmr1.tracking.metrics import read_metrics
 from mmr1.tracking.series import WINDOW
+from test_algorithms import EXPECTED
 from testkit import TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -22,13 +24,15 @@ def _mean_tail(rows: list[dict], key: str) -> float:
     return sum(vals) / len(vals)
 
 
-def test_two_point_sweep_report_matches_each_runs_metrics(tmp_path):
+def test_algorithm_sweep_trains_each_and_its_report_matches_each_runs_metrics(tmp_path):
+    """The stored algorithm sweep (conf/sweep/algorithm.yaml): each algorithm trains 2 steps with its papers' values
+    (tests/test_algorithms.py's EXPECTED), and report.csv / report.md hold each run's own numbers."""
     sweep = tmp_path / "sweep"
-    proc = run_cli(["--multirun", *TINY, "trainer.max_steps=2", "trainer.beta=0,0.001", f"hydra.sweep.dir={sweep}"],
-                   timeout=240, env=ONE_THREAD)
+    proc = run_cli(["+sweep=algorithm", *TINY, "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"],
+                   timeout=600, env=ONE_THREAD)
     points = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert points == ["0_beta=0", "1_beta=0.001"]
-    assert "[2/2] beta=0.001" in proc.stderr  # the progress bar names the sweep point
+    assert points == [f"{i}_algorithm={a}" for i, a in enumerate(["grpo_seed", "dapo", "dr_grpo", "gspo"])]
+    assert "[4/4] algorithm=gspo" in proc.stderr  # the progress bar names the sweep point
     for png in ("reward.png", "kl.png", "grad_norm.png", "completion_length.png"):
         assert (sweep / png).exists()
     rows = {r["run"]: r for r in _csv(sweep / "report.csv")}
@@ -36,20 +40,27 @@ def test_two_point_sweep_report_matches_each_runs_metrics(tmp_path):
     for point in points:
         metrics = read_metrics(sweep / point / "metrics.jsonl")
         info = json.loads((sweep / point / "run_info.json").read_text())
-        row = rows[point]
+        row, name = rows[point], point.split("=")[1]
         assert row["status"] == "finished" and int(row["steps"]) == info["steps"] == 2
-        assert row["overrides"] == f"trainer.beta={point.split('=')[1]}"
+        assert row["algorithm"] == name and row["overrides"] == f"algorithm={name}"
+        args = json.loads((sweep / point / "grpo_args.json").read_text())
+        assert {k: args.get(k) for k in EXPECTED[name]} == EXPECTED[name]
         assert float(row["acc_final"]) == pytest.approx(_mean_tail(metrics, "rewards/external_r1v_acc/mean"))
         assert float(row["format_final"]) == pytest.approx(_mean_tail(metrics, "rewards/format/mean"))
         assert float(row["completion_length"]) == pytest.approx(_mean_tail(metrics, "completions/mean_length"))
+        assert float(row["clip_low"]) == pytest.approx(_mean_tail(metrics, "clip_ratio/low_mean"))
         assert float(row["grad_norm_max"]) == pytest.approx(max(r["grad_norm"] for r in metrics))
         assert float(row["wall_time_s"]) == pytest.approx(info["wall_time_s"])
-    # KL is only computed with a reference model (beta > 0).
-    assert rows["0_beta=0"]["kl_final"] == ""
-    kl = _mean_tail(read_metrics(sweep / "1_beta=0.001" / "metrics.jsonl"), "kl")
-    assert float(rows["1_beta=0.001"]["kl_final"]) == pytest.approx(kl)
+    # KL is only computed with a reference model: the seed's beta 0.001; DAPO and GSPO drop it, Dr. GRPO keeps the
+    # spine's 0.
+    assert all(rows[p]["kl_final"] == "" for p in points[1:])
+    kl = _mean_tail(read_metrics(sweep / points[0] / "metrics.jsonl"), "kl")
+    assert float(rows[points[0]]["kl_final"]) == pytest.approx(kl)
+    # DAPO: its overlong penalty and dynamic sampling ran every step.
+    dapo = [r for r in read_metrics(sweep / points[1] / "metrics.jsonl") if "loss" in r]
+    assert dapo and all(f"rewards/{OVERLONG}/mean" in r and "dynamic_sampling/kept" in r for r in dapo)
     md = (sweep / "report.md").read_text()
-    assert "2 runs: 2 finished" in md and "| 1_beta=0.001 | trainer.beta=0.001 | - | finished | 2 |" in md
+    assert "4 runs: 4 finished" in md and "| 1_algorithm=dapo | algorithm=dapo | dapo | finished | 2 |" in md
 
 
 def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
