@@ -25,8 +25,9 @@ SRC = Path(mmr1.__file__).parent
 ADAPTER = SRC / "internals.py"
 # Underscored but public, documented API.
 PUBLIC = {"_exit"}  # os._exit: a worker process ends without running the parent's atexit handlers
-# TRL modules mmr1 may import outside the adapter: the top-level package and its documented entry points.
-TRL_PUBLIC = {"trl", "trl.scripts.vllm_serve", "trl.generation.vllm_client"}
+# TRL modules mmr1 may import outside the adapter: the top-level package and its documented entry points
+# (trl.rewards: TRL's reward functions, `from trl.rewards import ...` in its docs).
+TRL_PUBLIC = {"trl", "trl.scripts.vllm_serve", "trl.generation.vllm_client", "trl.rewards"}
 LIBRARIES = ("trl", "transformers", "torch", "accelerate", "peft", "vllm", "deepspeed", "datasets")
 
 
