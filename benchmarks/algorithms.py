@@ -122,6 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 (to finish a partial table)")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
     ap.add_argument("--target", type=float, default=0.9)
@@ -134,7 +135,7 @@ def main() -> None:
                     "trainer.eval_strategy=no", f"hydra.run.dir={args.out}/warmup"], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL, env={**os.environ, "WANDB_MODE": "disabled"})
     started = time.monotonic()
-    jobs = [(a, s) for s in range(args.seeds) for a in args.algorithms]
+    jobs = [(a, s) for s in range(args.first_seed, args.first_seed + args.seeds) for a in args.algorithms]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: run(*job, args), jobs))
     print(table(results, args))
