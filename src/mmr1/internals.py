@@ -156,10 +156,6 @@ def insert_callbacks(trainer: Any, before: Any, *callbacks: Any) -> None:
     cbs[i:i] = callbacks
 
 
-def has_callback(trainer: Any, kind: type) -> bool:
-    return any(isinstance(cb, kind) for cb in trainer.callback_handler.callbacks)
-
-
 def set_args(trainer: Any, **values: Any) -> None:
     """Change TrainingArguments after the Trainer was built. Only for fields the Trainer reads again at ``train()``
     time: ``seed`` (the sampler of ``get_train_dataloader``), ``save_total_limit`` (``_rotate_checkpoints``)."""

@@ -23,7 +23,6 @@ import torch
 
 from mmr1.internals import (
     generation_state,
-    load_checkpoint_weights,
     repeat_sampler,
     resync_vllm,
     set_generation_state,
@@ -67,11 +66,6 @@ def install_weight_loader(trainer: Any) -> None:
         return load
 
     wrap_checkpoint_load(trainer, wrap)
-
-
-def load_checkpoint(trainer: Any, checkpoint: str | Path) -> None:
-    """The weights of ``checkpoint`` into the live trainer, through the loader above (a rollback that gives up)."""
-    load_checkpoint_weights(trainer, str(checkpoint))
 
 
 def load_weights(model: Any, checkpoint: str | Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainerCallback, set_seed
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 
-from mmr1.internals import insert_callbacks, rewrap_for_deepspeed, scale_logged_lr, set_args
+from mmr1.internals import insert_callbacks, load_checkpoint_weights, rewrap_for_deepspeed, scale_logged_lr, set_args
 from mmr1.reliability.checkpoints import CheckpointCallback, clear_after, select_checkpoint
 from mmr1.reliability.config import GuardAction, as_guard_config
 from mmr1.reliability.guard import GuardCallback, Trip, append_event, curve_events, read_events
@@ -26,7 +26,6 @@ from mmr1.reliability.restore import (
     epochs_trained,
     fast_forward_sampler,
     install_weight_loader,
-    load_checkpoint,
     restore_grpo_state,
     save_grpo_state,
 )
@@ -127,7 +126,8 @@ def run_training(trainer: Any, cfg: Any, run_dir: str | Path, resume: str | None
                     deepspeed_load_checkpoint(trainer.model_wrapped, str(target),
                                               load_module_strict=not hasattr(trainer.model, "peft_config"))
                 else:
-                    load_checkpoint(trainer, target)  # end on the weights from before the trip
+                    # End on the weights from before the trip, through install_weight_loader's loader.
+                    load_checkpoint_weights(trainer, str(target))
                 _event(trainer, run_dir, "gave_up", trip, target, to_step, rollbacks, gcfg)
                 log.error("%s; gave up after %d rollback(s): final weights are %s's", trip.describe(),
                           rollbacks, target)
