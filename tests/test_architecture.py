@@ -16,11 +16,11 @@ RANK = {
     # The one door to library internals imports libraries only.
     "internals": 1.5,
     # The typed schemas of the domain packages sit low: the spine's schema (config/) gathers them.
-    "data.config": 2.5, "rewards.config": 2.5, "reliability.config": 2.5,
+    "data.config": 2.5, "rewards.config": 2.5, "reliability.config": 2.5, "evaluation.config": 2.5,
     "data": 3, "rewards": 3, "models": 4,
     "config": 5, "trainer": 5.5, "trainer.dynamic_sampling": 5.5, "rollout": 5.8,
     "models.warmstart": 6, "trainer.grpo": 6, "models.policy": 6.5,
-    "launch": 7, "reliability": 8, "trainer.loop": 8.5,
+    "launch": 7, "evaluation": 7, "reliability": 8, "trainer.loop": 8.5,
     "sweep": 9, "config.rehearsal": 9, "config.checks": 9,
     "launch.dry_run": 9.5, "trainer.setup": 9.5, "trainer.steps": 9.6,
     "train": 10, "evaluate": 10, "sweep.report": 10,
@@ -77,6 +77,7 @@ FLOW = [  # (step, the folder or files holding its code)
     ("guard", "reliability/"),
     ("outputs", "tracking/"),
     ("sweep", "sweep/"),
+    ("evaluate", "evaluation/"),
     ("library internals", "internals.py"),
     ("entry points", "train.py, evaluate.py"),
 ]

@@ -1,10 +1,16 @@
-"""Evaluate: ``python -m mmr1.evaluate [+experiment=NAME] [eval.checkpoint=PATH] [key=value ...]``.
+"""Evaluate: ``python -m mmr1.evaluate [+experiment=E] [eval.checkpoint=PATH] [eval.benchmark=NAME] [key=value ...]``.
 
-Greedy accuracy (and, with ``eval.num_samples=n``, sampled pass@k) of a model on a task's held-out split
-(a task mixture's: each task's too, under ``tasks``),
-scored by the same reward functions training uses (``reward.funcs``, sandboxed), written to ``eval.json``
-with per-sample records. The config is the training config (same overrides, same data seed, so the same
-held-out rows) plus the ``eval`` node below (conf/evaluate.yaml).
+Greedy accuracy (and, with ``eval.num_samples=n``, sampled pass@k) of a model, written to ``eval.json`` with
+per-sample records. The config is the training config (same overrides, same data seed, so the same held-out rows)
+plus the ``eval`` node (conf/evaluate.yaml; its keys: mmr1.config.schema.EvalConfig).
+
+What is scored:
+- no benchmark: the task's held-out split (a task mixture's: each task's too, under ``tasks``), by the reward
+  functions training uses (``reward.funcs``, sandboxed);
+- ``eval.benchmark=NAME`` (conf/eval/benchmark/): a fixed test set under its authors' protocol (their prompt,
+  greedy decoding, token budget, image limits, answer extraction; mmr1.evaluation), its score as ``accuracy`` with
+  the training reward's beside it and the published baselines (``baselines``);
+- ``eval.completions=FILE``: completions made elsewhere, scored under the benchmark's protocol, nothing generated.
 
 What is evaluated (``eval.checkpoint``):
 - null: the model training would start from (``model.name_or_path`` plus its cached warm-start), i.e. the
@@ -12,6 +18,8 @@ What is evaluated (``eval.checkpoint``):
 - a run directory: its ``final/`` model; ``eval.json`` then goes into the run directory, where the sweep
   report picks it up;
 - a checkpoint directory (``.../checkpoint-350``, ``.../final``) or a hub id.
+
+Who generates: vLLM when it is installed (``eval.backend``), a vLLM server (``eval.server_url``), or transformers.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +36,17 @@ import hydra
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
-from trl.generation.vllm_client import VLLMClient
 
 from mmr1.config import CONF_DIR
 from mmr1.config.schema import register_configs
-from mmr1.data import build_datasets, resolve_pixel_limits
-from mmr1.models import load_model, load_processor, resolve_model_path
-from mmr1.models.generation import generate, server_generate
+from mmr1.config.typed import typed_config
+from mmr1.data import build_datasets, load_system_prompt, resolve_pixel_limits
+from mmr1.evaluation.completions import read_completions
+from mmr1.evaluation.config import BenchmarkConfig, Rows
+from mmr1.evaluation.engines import make_generator
+from mmr1.evaluation.protocol import apply_scorer, benchmark_summary, check_benchmark, is_benchmark, published_line
+from mmr1.evaluation.testsets import load_rows
+from mmr1.models import resolve_model_path
 from mmr1.models.policy import prepare_policy
 from mmr1.rewards import build_reward_funcs
 from mmr1.rewards import shutdown as shutdown_rewards
@@ -74,8 +87,9 @@ def summarize(completions: list[dict], acc: str, fmt: str | None, names: list[st
     return {
         "accuracy": _mean([c["rewards"].get(acc) for c in completions]),
         "format_rate": _mean([c["rewards"].get(fmt) for c in completions]) if fmt else None,
+        # None for completions made elsewhere (eval.completions): their token counts are not known here.
         "mean_length": _mean([c["length"] for c in completions]),
-        "truncated_rate": _mean([float(c["truncated"]) for c in completions]),
+        "truncated_rate": _mean([None if c["truncated"] is None else float(c["truncated"]) for c in completions]),
         "rewards": {n: _mean([c["rewards"].get(n) for c in completions]) for n in names},
     }
 
@@ -103,38 +117,86 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     ev = cfg.eval
     _check(ev)
     started = time.time()
-    limits = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels)
-    model_path, proc_path, run_dir = resolve_target(cfg, limits)
-    out_path = Path(ev.output) if ev.output else (run_dir or prepare_run_dir(out_dir)) / "eval.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)  # eval.output may name a folder not made yet
-    rows = _held_out_rows(cfg, limits)
-    gen = _generator(cfg, model_path, proc_path, limits)
-    reward_funcs = build_reward_funcs(cfg.reward, out_path.parent)
-    names = [fn.__name__ for fn in reward_funcs]
-    acc, fmt = reward_roles(names)
-    acc = acc or names[0]  # only `format` configured: it is what there is to score
-    max_new = ev.max_new_tokens or cfg.trainer.max_completion_length
+    bench = typed_config(BenchmarkConfig, ev.benchmark, key="eval.benchmark")
+    check_benchmark(bench)
+    # A benchmark's image limits are its authors'; without one, the model's (what training saw).
+    limits = resolve_pixel_limits(bench.max_pixels or cfg.model.max_pixels, bench.min_pixels or cfg.model.min_pixels)
+    reported: float | None = None
+    sampled: list[list[dict]] = []
+    max_new = bench.max_new_tokens or ev.max_new_tokens or cfg.trainer.max_completion_length
     sampling = _sampling(cfg)
-    greedy, sampled = _rollouts(ev, gen, reward_funcs, rows, acc, max_new, sampling, desc=Path(model_path).name)
+    if ev.completions:  # scored as they are: nothing is loaded or generated
+        rows, greedy, reported = read_completions(ev.completions)
+        model_path = None
+        out_path = _out_path(ev, None, out_dir)
+        reward_funcs, acc, fmt, names = _rewards(cfg, out_path)
+        score(reward_funcs, rows, greedy)
+        apply_scorer(bench, acc, rows, greedy)
+    else:
+        model_path, proc_path, run_dir = resolve_target(cfg, limits)
+        rows = _rows(cfg, bench, limits)
+        out_path = _out_path(ev, run_dir, out_dir)
+        reward_funcs, acc, fmt, names = _rewards(cfg, out_path)
+        gen = make_generator(cfg, model_path, proc_path, limits, max_new=max_new,
+                             images_per_prompt=max(len(r["images"]) if r.get("images") is not None else 1
+                                                   for r in rows))
+        protocol = functools.partial(apply_scorer, bench, acc) if is_benchmark(bench) else None
+        greedy, sampled = _rollouts(ev, gen, reward_funcs, rows, acc, max_new, sampling,
+                                    desc=Path(model_path).name, protocol=protocol)
     result: dict[str, Any] = {"model": model_path, "checkpoint": ev.checkpoint, "dataset": cfg.dataset.name,
                               "split": ev.split, "rows": len(rows), "accuracy_reward": acc, "format_reward": fmt,
-                              "max_new_tokens": max_new}
+                              "max_new_tokens": max_new, "completions": ev.completions}
     result.update(_scores(ev, rows, greedy, sampled, sampling, acc, fmt, names))
+    if is_benchmark(bench) or ev.completions:
+        result.update(benchmark_summary(bench, rows, greedy or sampled, acc, reported))
     result["wall_time_s"] = round(time.time() - started, 1)
-    result["records"] = [
-        {"index": i, **({"task": r["task"]} if "task" in r else {}), "problem": r.get("problem"),
-         "solution": r.get("solution"),
-         "image_id": r.get("image_id", r.get("image_ids")),  # image_ids: a row with several images
-         **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
-        for i, r in enumerate(rows)]
+    result["records"] = [_record(i, r, greedy, sampled) for i, r in enumerate(rows)]
     write_json(out_path, result)
     shutdown_rewards()
     log.info("eval: %s", {k: v for k, v in result.items() if k != "records"})
-    print(f"accuracy={result['accuracy']:.3f} format_rate={result.get('format_rate')} "
-          f"mean_length={result['mean_length']:.1f} rows={len(rows)} -> {out_path}")
+    _print(result, bench, out_path)
+    return result
+
+
+def _out_path(ev: DictConfig, run_dir: Path | None, out_dir: str | Path) -> Path:
+    out_path = Path(ev.output) if ev.output else (run_dir or prepare_run_dir(out_dir)) / "eval.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # eval.output may name a folder not made yet
+    return out_path
+
+
+def _rewards(cfg: DictConfig, out_path: Path) -> tuple[list, str, str | None, list[str]]:
+    """The training reward functions (sandboxed, their logs beside eval.json), and which is accuracy, which format."""
+    reward_funcs = build_reward_funcs(cfg.reward, out_path.parent)
+    names = [fn.__name__ for fn in reward_funcs]
+    acc, fmt = reward_roles(names)
+    return reward_funcs, acc or names[0], fmt, names  # only `format` configured: it is what there is to score
+
+
+def _record(i: int, r: dict, greedy: list[list[dict]], sampled: list[list[dict]]) -> dict[str, Any]:
+    if "question" in r:  # a benchmark's row, or a completions file's
+        head = {"index": i, "question": r["question"], "ground_truth": r["ground_truth"],
+                **({"image_path": r["image_path"]} if "image_path" in r else {})}
+    else:
+        head = {"index": i, **({"task": r["task"]} if "task" in r else {}), "problem": r.get("problem"),
+                "solution": r.get("solution"),
+                "image_id": r.get("image_id", r.get("image_ids"))}  # image_ids: a row with several images
+    return {**head, **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
+
+
+def _print(result: dict[str, Any], bench: BenchmarkConfig, out_path: Path) -> None:
+    fmt = result.get("format_rate")
+    length = result.get("mean_length")
+    print(f"accuracy={result['accuracy']:.3f} format_rate={fmt if fmt is None else round(fmt, 3)} "
+          f"mean_length={length if length is None else round(length, 1)} rows={result['rows']} -> {out_path}")
+    if "benchmark" in result:
+        print(f"  {bench.name}: {result['correct']}/{result['rows']} by {bench.scorer} ({bench.protocol_source}); "
+              f"training reward {result['reward_accuracy']:.3f}, {len(result['disagreements'])} rows scored apart")
+        if result.get("reported_accuracy") is not None:
+            print(f"  the file's own accuracy: {result['reported_accuracy']:.4f}")
+        if bench.baselines:
+            print(f"  published: {published_line(bench)}")
     for task, stats in result.get("tasks", {}).items():
         print(f"  {task}: accuracy={stats['accuracy']:.3f} rows={stats['rows']}")
-    return result
 
 
 def _check(ev: DictConfig) -> None:
@@ -142,6 +204,18 @@ def _check(ev: DictConfig) -> None:
         raise ValueError(f"eval.pass_k={list(ev.pass_k)} needs eval.num_samples >= {max(ev.pass_k)}")
     if not ev.greedy and not ev.num_samples:
         raise ValueError("eval.greedy=false needs eval.num_samples > 0: nothing to evaluate")
+
+
+def _rows(cfg: DictConfig, bench: BenchmarkConfig, limits: Any) -> list[dict]:
+    """A benchmark's test rows (its file, its prompt), or the task's held-out rows."""
+    if bench.rows == Rows.jsonl:
+        return load_rows(bench, system_prompt=load_system_prompt(cfg.dataset.system_prompt),
+                         query_suffix=cfg.dataset.query_suffix, limit=cfg.eval.limit)
+    rows = _held_out_rows(cfg, limits)
+    if bench.rows == Rows.held_out:  # question and answer under the benchmark's names, for the scorer and records
+        for i, r in enumerate(rows):
+            r.update(index=i, question=r.get("problem"), ground_truth=r.get("solution"))
+    return rows
 
 
 def _held_out_rows(cfg: DictConfig, limits: Any) -> list[dict]:
@@ -156,20 +230,6 @@ def _held_out_rows(cfg: DictConfig, limits: Any) -> list[dict]:
     return [split[i] for i in range(len(split) if ev.limit is None else min(ev.limit, len(split)))]
 
 
-def _generator(cfg: DictConfig, model_path: str, proc_path: str, limits: Any) -> Any:
-    """``gen(batch, **kw)``: completions from a vLLM server (``eval.server_url``, which holds the weights: only
-    the processor is needed here) or from the model loaded on ``eval.device``."""
-    ev = cfg.eval
-    processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                               trust_remote_code=cfg.model.trust_remote_code)
-    if ev.server_url:
-        client = VLLMClient(base_url=str(ev.server_url), connection_timeout=cfg.rollout.server_timeout_s)
-        return functools.partial(server_generate, client, processor)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
-    model = load_model(model_path, cfg.model).to(device).eval()
-    return functools.partial(generate, model, processor)
-
-
 def _sampling(cfg: DictConfig) -> dict[str, Any]:
     """Sampling settings: eval's own, else the trainer's (what rollouts used)."""
     ev, tr = cfg.eval, cfg.trainer
@@ -179,8 +239,9 @@ def _sampling(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _rollouts(ev: DictConfig, gen: Any, reward_funcs: list, rows: list[dict], acc: str, max_new: int,
-              sampling: dict[str, Any], desc: str) -> tuple[list[list[dict]], list[list[dict]]]:
-    """Greedy and sampled completions per row, scored, with a progress bar showing the running accuracy."""
+              sampling: dict[str, Any], desc: str, protocol: Any = None) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Greedy and sampled completions per row, scored (by the rewards, and by a benchmark's ``protocol`` scorer),
+    with a progress bar showing the running accuracy (the protocol's when there is one)."""
     torch.manual_seed(ev.seed)
     greedy: list[list[dict]] = []
     sampled: list[list[dict]] = []
@@ -190,14 +251,19 @@ def _rollouts(ev: DictConfig, gen: Any, reward_funcs: list, rows: list[dict], ac
         if ev.greedy:
             g = gen(batch, n=1, do_sample=False, max_new_tokens=max_new)
             score(reward_funcs, batch, g)
+            if protocol is not None:
+                protocol(batch, g)
             greedy += g
         if ev.num_samples:
             s = gen(batch, n=ev.num_samples, do_sample=True, max_new_tokens=max_new, **sampling)
             score(reward_funcs, batch, s)
+            if protocol is not None:
+                protocol(batch, s)
             sampled += s
         bar.update(len(batch))
         done = [c[0] for c in greedy] if greedy else [c for cs in sampled for c in cs]
-        bar.set_postfix(acc=f"{_mean([c['rewards'].get(acc) for c in done]):.3f}")
+        hits = [float(c["correct"]) if "correct" in c else c["rewards"].get(acc) for c in done]
+        bar.set_postfix(acc=f"{_mean(hits):.3f}")
     bar.close()
     return greedy, sampled
 
@@ -234,8 +300,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return result.get("accuracy")
 
 
+def group_overrides(argv: list[str]) -> list[str]:
+    """``eval.benchmark=NAME`` -> ``eval/benchmark=NAME``: Hydra picks a group's option with ``/``, and read with a
+    dot the override would set the node to a string (a schema error). Keys under it (``eval.benchmark.path=F``)
+    and the multirun form (``eval.benchmark=a,b``) pass as they are, respectively are rewritten the same way.
+
+    >>> group_overrides(["eval.benchmark=geoqa_test", "eval.benchmark.path=f.jsonl", "eval.limit=3"])
+    ['eval/benchmark=geoqa_test', 'eval.benchmark.path=f.jsonl', 'eval.limit=3']
+    """
+    return [("eval/benchmark=" + a.split("=", 1)[1]) if a.startswith("eval.benchmark=") else a for a in argv]
+
+
 def main() -> None:
     register_configs()
+    sys.argv[1:] = group_overrides(sys.argv[1:])
     _hydra_main()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from mmr1.data.config import DatasetConfig
+from mmr1.evaluation.config import BenchmarkConfig
 from mmr1.reliability.config import GuardConfig
 from mmr1.rewards.config import AuditConfig, RewardConfig
 
@@ -347,6 +348,17 @@ class EvalConfig:
     # instead of in this process; it must serve the model being evaluated (eval.checkpoint is then only its name).
     server_url: str | None = None
     seed: int = 0
+    # Who generates (mmr1.evaluation.engines): auto = vLLM in this process when it is installed (its CPU build
+    # too), else transformers; hf; vllm. max_model_len: vLLM's context (null: the largest image's tokens + a
+    # prompt's text + the new tokens, capped at the model's).
+    backend: str = "auto"
+    max_model_len: int | None = None
+    # A fixed test set under its authors' protocol (conf/eval/benchmark/: geoqa_test, superclevr_200,
+    # clevr_count), chosen with eval.benchmark=NAME; none = the task's held-out split under the training protocol.
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # Score these completions (jsonl {question, ground_truth, completion}, or an R1-V result file) under the
+    # benchmark's protocol instead of generating (mmr1.evaluation.completions).
+    completions: str | None = None
 
 
 @dataclass

@@ -108,12 +108,23 @@ def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
     # Evaluation: mmr1.evaluate's eval.json in the run dir wins (greedy, the number the READMEs quote);
     # else the last in-training evaluation (TRL's, at trainer.eval_steps).
     if rec.eval_json and rec.eval_json.get("accuracy") is not None:
-        row["eval_acc"], row["eval_step"] = rec.eval_json["accuracy"], "eval.json"
+        bench = (rec.eval_json.get("benchmark") or {}).get("name")
+        row["eval_acc"], row["eval_step"] = rec.eval_json["accuracy"], bench or "eval.json"
+        if rec.eval_json.get("baselines"):  # a benchmark's published numbers, beside the run's score
+            row["published"] = published_cell(rec.eval_json["baselines"])
     elif acc:
         xs, ys = series(rec.eval_metrics, f"eval_rewards/{acc}/mean")
         if ys:
             row["eval_acc"], row["eval_step"] = ys[-1], xs[-1]
     return row
+
+
+def published_cell(baselines: list[dict]) -> str:
+    """``Qwen2-VL-2B-Instruct 0.480 -> 0.825`` per published baseline (eval.json's, mmr1.evaluation.protocol)."""
+    def num(x: Any) -> str:
+        return "?" if x is None else f"{x:.3f}"
+
+    return "; ".join(f"{b.get('model')} {num(b.get('before'))} -> {num(b.get('after'))}" for b in baselines)
 
 
 def point_overrides_for(runs: list[RunRecord], sweep_dir: Path) -> list[list[str]]:
@@ -150,6 +161,8 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
     head = ["run", "overrides", "algorithm", "status", "steps", f"acc final ({WINDOW})", "acc best", "format", "KL",
             "clip low", "clip high", "max grad norm", "compl. len", "wall s", "collapsed", "eval acc",
             *(f"{t} {'acc' if kind == 'acc_final' else 'eval'}" for kind, t in (c.split("/", 1) for c in per_task))]
+    published = any(r.get("published") for r in rows)
+    head += ["published (before -> after)"] if published else []
     keys = COLUMNS[:-2] + ["eval_acc"]
     lines = [f"# Sweep report: {sweep_dir}", "",
              f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in _count_status(rows).items()), "",
@@ -161,6 +174,7 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
         if r["eval_acc"] is not None:
             cells[-1] = f"{_fmt(r['eval_acc'])} @{r['eval_step']}"
         cells += [_fmt(r.get(k)) for k in per_task]
+        cells += [_fmt(r.get("published"))] if published else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"acc = mean accuracy reward; final = mean of the last {WINDOW} logged steps, best = highest "
               f"{WINDOW}-step rolling mean; format, KL and completion length are last-{WINDOW} means. "
@@ -169,7 +183,8 @@ def render_markdown(rows: list[dict], sweep_dir: Path, plots: list[str]) -> str:
               "guard.patience steps, or a non-finite loss); '-' = fewer than guard.min_history steps. "
               "clip low / high: TRL's share of tokens whose importance ratio was clipped below 1 - epsilon / above "
               f"1 + epsilon_high (last-{WINDOW} means); algorithm: the run's conf/algorithm/ choice. "
-              "eval acc: mmr1.evaluate's eval.json when present, else the "
+              "eval acc: mmr1.evaluate's eval.json when present (@ its benchmark, with the benchmark's published "
+              "numbers beside it), else the "
               "last in-training evaluation (@ its step). A task mixture adds each task's final accuracy "
               "reward (<task> acc) and evaluation accuracy (<task> eval).", ""]
     lines += [f"![{p}]({p})" for p in plots]
@@ -275,7 +290,8 @@ def write_report(sweep_dir: str | Path, *, plots: bool = True) -> list[dict]:
     labels = [short_label(ov) or rec.path.name for rec, ov in zip(runs, overrides)]
     written = plot_overlays(runs, labels, sweep_dir) if plots and runs else []
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS + task_columns(rows))
+    published = ["published"] if any(r.get("published") for r in rows) else []
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + task_columns(rows) + published)
     writer.writeheader()
     writer.writerows(rows)
     from mmr1.tracking.secrets import redact  # an override or error message may carry a secret
