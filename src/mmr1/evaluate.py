@@ -173,13 +173,13 @@ def _rewards(cfg: DictConfig, out_path: Path) -> tuple[list, str, str | None, li
 
 
 def _record(i: int, r: dict, greedy: list[list[dict]], sampled: list[list[dict]]) -> dict[str, Any]:
+    head: dict[str, Any] = {"index": i, **({"task": r["task"]} if "task" in r else {})}
+    if "problem" in r:  # a task's held-out row
+        head.update(problem=r.get("problem"), solution=r.get("solution"),
+                    image_id=r.get("image_id", r.get("image_ids")))  # image_ids: a row with several images
     if "question" in r:  # a benchmark's row, or a completions file's
-        head = {"index": i, "question": r["question"], "ground_truth": r["ground_truth"],
-                **({"image_path": r["image_path"]} if "image_path" in r else {})}
-    else:
-        head = {"index": i, **({"task": r["task"]} if "task" in r else {}), "problem": r.get("problem"),
-                "solution": r.get("solution"),
-                "image_id": r.get("image_id", r.get("image_ids"))}  # image_ids: a row with several images
+        head.update(question=r["question"], ground_truth=r["ground_truth"],
+                    **({"image_path": r["image_path"]} if "image_path" in r else {}))
     return {**head, **({"greedy": greedy[i][0]} if greedy else {}), **({"samples": sampled[i]} if sampled else {})}
 
 

@@ -139,8 +139,13 @@ def test_evaluate_tells_a_checkpoint_that_answers_from_the_base_model(tmp_path):
     expected_acc = sum("<answer> 2 </answer>" == s for s in solutions) / len(solutions)
     assert 0 < expected_acc < 1  # the rows mix answers: accuracy is neither all nor nothing
 
-    _evaluate(tmp_path, "trained", f"eval.checkpoint={run}")
+    # As the seed's own benchmark (its held-out split, scored by its rewards: the same numbers, plus the protocol's).
+    _evaluate(tmp_path, "trained", f"eval.checkpoint={run}", "eval.benchmark=clevr_count")
     trained = json.loads((run / "eval.json").read_text())
+    assert trained["benchmark"]["rows"] == "held_out" and trained["reward_accuracy"] == trained["accuracy"]
+    assert [r["greedy"]["correct"] for r in trained["records"]] == [
+        r["greedy"]["rewards"]["external_r1v_acc"] == 1.0 for r in trained["records"]]
+    assert trained["disagreements"] == [] and trained["baselines"][0]["model"] == "Qwen2.5-VL-3B-Instruct"
     assert trained["model"] == str(run / "final") and trained["checkpoint"] == str(run)
     assert all(r["greedy"]["text"] == CONSTANT for r in trained["records"])
     assert _check_against_an_independent_count(trained, solutions) == pytest.approx(expected_acc)
@@ -155,7 +160,8 @@ def test_evaluate_tells_a_checkpoint_that_answers_from_the_base_model(tmp_path):
     assert base["accuracy"] < trained["accuracy"] and base["format_rate"] < 1.0
 
     (row,) = write_report(run, plots=False)
-    assert row["eval_acc"] == trained["accuracy"] and row["eval_step"] == "eval.json"
+    assert row["eval_acc"] == trained["accuracy"] and row["eval_step"] == "clevr_count"
+    assert row["published"] == "Qwen2.5-VL-3B-Instruct 0.400 -> 1.000"
 
 
 @pytest.mark.slow
