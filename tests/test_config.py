@@ -133,6 +133,9 @@ def _defaults_as_overrides(defaults: list) -> list[str]:
     for entry in defaults:
         if entry == "_self_":
             continue
+        if isinstance(entry, str):  # another experiment this one extends (`- tiny_count`)
+            out.append(f"+experiment={entry}")
+            continue
         (key, value), = entry.items()
         group = key.removeprefix("override ").lstrip("/")
         out.append(f"{group}={value}" if key.startswith("override ") else f"+{group}={value}")

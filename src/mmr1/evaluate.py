@@ -139,7 +139,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         reward_funcs, acc, fmt, names = _rewards(cfg, out_path)
         gen = make_generator(cfg, model_path, proc_path, limits, max_new=max_new,
                              images_per_prompt=max(len(r["images"]) if r.get("images") is not None else 1
-                                                   for r in rows))
+                                                   for r in rows),
+                             videos_per_prompt=max(len(r.get("videos") or []) for r in rows))
         protocol = functools.partial(apply_scorer, bench, acc) if is_benchmark(bench) else None
         greedy, sampled = _rollouts(ev, gen, reward_funcs, rows, acc, max_new, sampling,
                                     desc=Path(model_path).name, protocol=protocol)
@@ -222,7 +223,7 @@ def _held_out_rows(cfg: DictConfig, limits: Any) -> list[dict]:
     """The split's rows, built with the training seed: the same held-out rows as training."""
     ev = cfg.eval
     data = build_datasets(cfg.dataset, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                          seed=cfg.trainer.seed)
+                          seed=cfg.trainer.seed, video=cfg.model.video)
     split = data.eval if ev.split == "eval" else data.train if ev.split == "train" else None
     if split is None:
         raise ValueError(f"eval.split={ev.split!r}: no such split (dataset.eval_size={cfg.dataset.eval_size}; "

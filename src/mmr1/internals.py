@@ -9,7 +9,8 @@ says which accessor to rewrite, instead of a run that silently trains on somethi
 Three kinds of access:
 
 - ``GRPOHooks``: TRL's ``GRPOTrainer`` with the private rollout steps mmr1 changes routed to named hooks
-  (``generate_turn``, ``score``, ``generate_and_score``) and its private state behind properties; mmr1's trainer
+  (``generate_turn``, ``score``, ``generate_and_score``, ``tokenize``, ``logps_context``) and its private state
+  behind properties; mmr1's trainer
   (``mmr1.trainer.grpo``) subclasses it and overrides only public names.
 - Functions on a built trainer: the generation-cycle state a resume restores, the checkpoint save/load hooks,
   the callback order, arguments changed after construction, TRL's sampler, torch's scheduler.
@@ -61,6 +62,14 @@ class GRPOHooks(GRPOTrainer):
         generate-score-advantage step for ``rows``, callable again for refill rows."""
         return run(inputs)
 
+    def tokenize(self, tokenize: Callable[[], tuple], prompts: list) -> tuple:
+        """The generation prompts' ids, images and multimodal fields: ``tokenize()`` runs TRL's."""
+        return tokenize()
+
+    def logps_context(self, model: Any) -> contextlib.AbstractContextManager:
+        """Entered around each of TRL's log-prob computations (old, reference, the loss's) on ``model``."""
+        return contextlib.nullcontext()
+
     # -- TRL's private methods, routed to the hooks --
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -78,6 +87,25 @@ class GRPOHooks(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         return self.generate_and_score(super()._generate_and_score_completions, inputs)
+
+    def _tokenize_prompts(self, prompts):
+        return self.tokenize(lambda: super(GRPOHooks, self)._tokenize_prompts(prompts), prompts)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, pixel_values=None,
+                                           image_grid_thw=None, num_images=None, pixel_attention_mask=None,
+                                           spatial_shapes=None, num_tiles=None, image_sizes=None, token_type_ids=None,
+                                           mm_token_type_ids=None, image_position_ids=None):
+        with self.logps_context(model):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                pixel_values, image_grid_thw, num_images, pixel_attention_mask, spatial_shapes, num_tiles,
+                image_sizes, token_type_ids, mm_token_type_ids, image_position_ids)
+
+    @property
+    def chat_template_override(self) -> Any:
+        """The chat template TRL renders prompts with (``self.chat_template``; None: the processor's)."""
+        return getattr(self, "chat_template", None)
 
     # -- private state, by name --
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from mmr1.data.config import DatasetConfig
+from mmr1.data.config import DatasetConfig, VideoConfig
 from mmr1.evaluation.config import BenchmarkConfig
 from mmr1.reliability.config import GuardConfig
 from mmr1.rewards.config import AuditConfig, RewardConfig
@@ -45,6 +45,10 @@ class WarmStartConfig:
     gate_reward: str = "external_r1v_acc"
     think: str = "I count the objects."
     seed: int = 1234
+    # The task whose offline stand-in the SFT runs on; null = the run's own dataset. A video task sets an image
+    # task here (TRL's SFTTrainer has no video path): the format and the counting are learnt on images, and
+    # GRPO carries them to clips (conf/experiment/tiny_video_count.yaml).
+    data: DatasetConfig | None = None
 
 
 @dataclass
@@ -93,6 +97,8 @@ class ModelConfig:
     # The seed starts from an Instruct model "to rapidly achieve format rewards"; the tiny analogue is a short
     # SFT on synthetic answers that teaches the format and leaves counting imperfect.
     warmstart: WarmStartConfig = field(default_factory=lambda: WarmStartConfig(enabled=True))
+    # Clips (a dataset's `videos` column): frame sampling and the per-frame and per-clip pixel budgets.
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

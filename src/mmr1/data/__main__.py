@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -32,7 +33,11 @@ def preview_rows(bundle, limit: int | None = None):
             row = split[i]
             messages = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p.get("text"))}
                         for m in row["prompt"]]
-            if "images" in row:  # several images per row: one size per image, in prompt order
+            sizes: dict[str, Any]
+            if "videos" in row:  # clips: frames x size after sampling, and their tokens
+                sizes = {"video_frames": [list(c.frames.shape[:3]) for c in row["videos"]],
+                         "video_fps": [c.fps for c in row["videos"]], "video_tokens": [c.tokens for c in row["videos"]]}
+            elif "images" in row:  # several images per row: one size per image, in prompt order
                 after = [list(img.size) for img in row["images"]]
                 sizes = {"image_sizes_before": [list(s) for s in row["image_sizes_before"]],
                          "image_sizes_after": after, "image_tokens": sum(image_tokens(w, h) for w, h in after)}
@@ -50,7 +55,8 @@ def preview(cfg: DictConfig) -> tuple[list[dict], dict]:
     seed = (cfg.get("trainer") or {}).get("seed", cfg.get("seed", 0))
     # A preview shows training rows: `dataset.limit=3` prints 3 rows without building the eval set.
     dataset_cfg = {**container(cfg.dataset, resolve=False), "eval_size": 0}
-    bundle = build_datasets(dataset_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed)
+    bundle = build_datasets(dataset_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=seed,
+                            video=model.get("video"))
     return list(preview_rows(bundle)), bundle.stats
 
 

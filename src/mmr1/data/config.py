@@ -28,6 +28,25 @@ class OnBadRow(str, Enum):
 
 
 @dataclass
+class VideoConfig:
+    """``model.video``: how a clip becomes frames, Qwen2.5-VL's reference rule (qwen-vl-utils 0.0.10,
+    ``qwen_vl_utils/vision_process.py`` in QwenLM/Qwen2.5-VL@f0af2996, lines 25-41, 143-180, 277-331; ms-swift
+    v3.2.1 loads Qwen video through the same ``fetch_video``, swift/llm/template/template/qwen.py:213-215, and
+    lets its env vars FPS, FPS_MAX_FRAMES, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS override these constants)."""
+
+    fps: float = 2.0                        # FPS: frames sampled per second of clip
+    min_frames: int = 4                     # FPS_MIN_FRAMES
+    max_frames: int = 768                   # FPS_MAX_FRAMES (ms-swift's video example sets 12)
+    min_pixels: int = 128 * 28 * 28         # VIDEO_MIN_PIXELS, per frame
+    max_pixels: int = 768 * 28 * 28         # VIDEO_MAX_PIXELS, per frame
+    # VIDEO_TOTAL_PIXELS (128000 * 28 * 28 * 0.9): the clip's budget, shared by its frames (each frame gets at most
+    # total / nframes * 2, the temporal patch holding two frames).
+    total_pixels: int = 90316800
+    # Decoded clips kept in memory per process (their frames, after sampling and resizing).
+    cache_mb: int = 1024
+
+
+@dataclass
 class DatasetConfig:
     """One task's data. Every default lives here; ``conf/dataset/*.yaml`` set only what differs, so a new
     task is one YAML file (its name, where the rows come from, its prompt suffix and its offline stand-in)."""

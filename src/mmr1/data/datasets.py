@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mmr1.config.typed import typed_config
-from mmr1.data.config import DatasetConfig, OnBadRow
+from mmr1.data.config import DatasetConfig, OnBadRow, VideoConfig
 from mmr1.data.images import (
     BadImage,
     DecodedImageCache,
@@ -33,13 +33,14 @@ from mmr1.data.images import (
 )
 from mmr1.data.sources import SOURCES
 from mmr1.data.swift_format import SwiftRowError, image_cells, is_swift_format, swift_prompt
+from mmr1.data.videos import BadVideo, ClipStore
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("problem", "solution")
 # Columns mmr1 writes (a source column of the same name is dropped).
 ADDED = ("prompt", "image", "image_id", "image_size_before", "images", "image_ids", "image_sizes_before",
-         "image_tokens", "source_row")
+         "image_tokens", "source_row", "videos", "video_ids", "video")
 MAX_REPORTED = 10  # skipped indices/reasons kept in stats and logs
 
 
@@ -70,16 +71,20 @@ def to_config(dataset_cfg: Any) -> DatasetConfig:
     return typed_config(DatasetConfig, dataset_cfg, key="dataset")
 
 
-def build_messages(system_prompt: str, text: str, n_images: int = 1) -> list[dict]:
-    """The hub rows' prompt: the system turn, then the user turn with its images before the problem."""
+def build_messages(system_prompt: str, text: str, n_images: int = 1, n_videos: int = 0) -> list[dict]:
+    """The hub rows' prompt: the system turn, then the user turn with its videos and images before the problem
+    (videos first, where ms-swift puts untagged ones: mmr1.data.swift_format)."""
+    media = [*({"type": "video"} for _ in range(n_videos)), *({"type": "image"} for _ in range(n_images))]
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": [*({"type": "image"} for _ in range(n_images)), {"type": "text", "text": text}]},
+        {"role": "user", "content": [*media, {"type": "text", "text": text}]},
     ]
 
 
 def _prompt_and_images(row: dict, swift: bool, system_prompt: str, suffix: str) -> tuple[list[dict], list, str]:
-    """(prompt messages, image cells, the images' column) of one raw row; SwiftRowError names a bad column."""
+    """(prompt messages, image cells, the images' column) of one raw row; SwiftRowError names a bad column. Its
+    clips are ``row_videos(row)``."""
+    videos = row_videos(row)
     if swift:
         own_system, turns, cells, column = swift_prompt(row, suffix)
         if not isinstance(row.get("solution"), str) or not row["solution"].strip():
@@ -95,10 +100,18 @@ def _prompt_and_images(row: dict, swift: bool, system_prompt: str, suffix: str) 
                                 else f"not usable: {row[missing]!r}")
         column = "images" if row.get("images") is not None else "image"
         cells = image_cells(row, "images") if column == "images" else [row.get("image")]
-        messages = build_messages(system_prompt, row["problem"] + suffix, len(cells))
-    if not cells:
-        raise SwiftRowError(column, "no image (mmr1 trains prompts with at least one image)")
+        cells = [] if cells == [None] and videos else cells
+        messages = build_messages(system_prompt, row["problem"] + suffix, len(cells), len(videos))
+    if not cells and not videos:
+        raise SwiftRowError(column, "no image or video (mmr1 trains prompts with at least one)")
     return messages, cells, column
+
+
+def row_videos(row: dict) -> list:
+    """A raw row's clips: ``videos`` (a list) or ``video`` (one), each a file path or a list of frames."""
+    if row.get("videos") is not None:
+        return image_cells(row, "videos")
+    return [row["video"]] if row.get("video") is not None else []
 
 
 class _BadRows:
@@ -136,7 +149,8 @@ def _iter_source(rows: Any, order: list[int]):
 
 
 def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix: str,
-                  resizer: ImageResizer, base_dir: Any, cache: DecodedImageCache, bad: _BadRows) -> dict | None:
+                  resizer: ImageResizer, base_dir: Any, cache: DecodedImageCache, bad: _BadRows,
+                  clips: ClipStore) -> dict | None:
     """One source row as training sees it (prompt messages, resized images, their token cost), or None when
     ``bad`` recorded it (a malformed ms-swift row, an unreadable image)."""
     try:
@@ -152,6 +166,11 @@ def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix
     except BadImage as exc:
         bad(index, column, ("" if len(cells) == 1 else f"image {len(imgs)}: ") + str(exc))
         return None
+    try:  # each unique clip decoded, sampled and resized once (its frames then stored, like a resized image)
+        videos = [clips.load(cell, base_dir) for cell in row_videos(row)]
+    except BadVideo as exc:
+        bad(index, "videos", str(exc))
+        return None
     for img in imgs:
         if img["pil"] is not None:
             cache.put(img["id"], img["pil"])  # first access during training then costs no decode
@@ -162,10 +181,21 @@ def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix
         "images": [{"bytes": img["bytes"], "path": None} for img in imgs],
         "image_ids": [img["id"] for img in imgs],
         "image_sizes_before": [list(img["size_before"]) for img in imgs],
-        # What the pre-flight measures: this row's own images' cost (all of them), and the row to name.
-        "image_tokens": sum(image_tokens(*img["size_after"]) for img in imgs),
+        **({"videos": [v["cell"] for v in videos], "video_ids": [v["id"] for v in videos]} if videos else {}),
+        # What the pre-flight measures: this row's own images' and clips' cost (all of them), and the row to name.
+        "image_tokens": sum(image_tokens(*img["size_after"]) for img in imgs) + sum(v["tokens"] for v in videos),
         "source_row": index,
     }
+
+
+def _refuse_mixed_media(name: str, rows: list[dict]) -> None:
+    """TRL 1.16 takes a batch's images from one column and has no video path of its own (trl#4144); mmr1 keeps a
+    dataset's prompts to one kind rather than let a batch mix them."""
+    with_video = [r["source_row"] for r in rows if r.get("videos")]
+    with_image = [r["source_row"] for r in rows if r["images"]]
+    if with_video and with_image:
+        raise ValueError(f"dataset {name!r}: rows with videos (first: row {with_video[0]}) and rows with images "
+                         f"(first: row {with_image[0]}) in one dataset; keep clips and images in separate datasets")
 
 
 def _single_image_columns(rows: list[dict]) -> None:
@@ -177,7 +207,7 @@ def _single_image_columns(rows: list[dict]) -> None:
 
 
 def build_datasets(
-    dataset_cfg: Any, *, min_pixels: int | None, max_pixels: int | None, seed: int
+    dataset_cfg: Any, *, min_pixels: int | None, max_pixels: int | None, seed: int, video: Any = None
 ) -> DataBundle:
     """Load, check, resize and split one task's data. ``min/max_pixels`` None -> env/processor defaults
     (see ``resolve_pixel_limits``); pass the resolved values so processor and data agree."""
@@ -187,7 +217,7 @@ def build_datasets(
     if cfg.tasks:  # a mixture: each task built by this function, then mixed (mmr1.data.mixture)
         from mmr1.data.mixture import build_mixture  # mixture builds each task with this module
 
-        return build_mixture(cfg, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed)
+        return build_mixture(cfg, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed, video=video)
     name = cfg.name
     suffix = cfg.query_suffix
     if min_pixels is not None and max_pixels is not None:
@@ -207,12 +237,15 @@ def build_datasets(
     swift = is_swift_format(columns)
     bad = _BadRows(name, cfg.on_bad_row, where=cfg.path if cfg.source.value == "local" else None)
     resizer = ImageResizer(limits)
-    cache = DecodedImageCache(cfg.image_cache_mb * 2**20)
+    video_cfg = typed_config(VideoConfig, video, key="model.video")
+    clips = ClipStore(video_cfg)
+    cache = DecodedImageCache(cfg.image_cache_mb * 2**20, clips=clips)
     out: list[dict] = []
     for index, row in _iter_source(raw, order):
-        prepared = _prepared_row(index, row, swift, system_prompt, suffix, resizer, base_dir, cache, bad)
+        prepared = _prepared_row(index, row, swift, system_prompt, suffix, resizer, base_dir, cache, bad, clips)
         if prepared is not None:
             out.append(prepared)
+    _refuse_mixed_media(name, out)
     tokens = [r["image_tokens"] for r in out]
     resizer.release()
     _single_image_columns(out)
@@ -234,8 +267,10 @@ def build_datasets(
         ds = datasets.Dataset.from_list(rows)
         if "image" in ds.column_names:
             ds = ds.cast_column("image", datasets.Image(decode=False))
-        else:
+        elif any(r["images"] for r in rows):
             ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+        else:  # clips only: no image in any row (TRL then takes the batch as image-free)
+            ds = ds.remove_columns(["images", "image_ids", "image_sizes_before"])
         return ds.with_transform(cache)
 
     # The held-out rows come first in the shuffled order, so eval stays fixed when limit grows.
@@ -249,6 +284,7 @@ def build_datasets(
         "min_pixels": limits.min_pixels, "max_pixels": limits.max_pixels,
         "max_image_tokens": max(tokens), "mean_image_tokens": float(np.mean(tokens)),
         "format": "ms-swift" if swift else "hub", "max_images_per_row": max(len(r.get("images", [None])) for r in out),
+        "videos": sum(len(r.get("videos") or []) for r in out), "unique_videos": len(clips.tokens),
     }
     return DataBundle(train_ds, eval_ds, stats, limits, system_prompt, resizer, cache)
 

@@ -212,8 +212,9 @@ class DecodedImageCache:
     bounded LRU (by decoded bytes) keyed by image id, so the ``num_generations`` repeats of a prompt
     that TRL's sampler requests back to back cost one decode. ``decodes`` counts real decodes."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, clips: Any = None) -> None:
         self.max_bytes = max_bytes
+        self.clips = clips  # a dataset's clips (mmr1.data.videos.ClipStore), decoded as Clip objects
         self._lru: OrderedDict[str, Image.Image] = OrderedDict()
         self._bytes = 0
         self.decodes: Counter[str] = Counter()
@@ -254,4 +255,7 @@ class DecodedImageCache:
             id_lists = batch.get("image_ids") or [[None] * len(cells) for cells in batch["images"]]
             batch["images"] = [[self._decode(key, cell) for key, cell in zip(keys, cells, strict=True)]
                                for keys, cells in zip(id_lists, batch["images"], strict=True)]
+        if "videos" in batch and self.clips is not None:
+            batch["videos"] = [[self.clips.get(key, cell) for key, cell in zip(keys, cells, strict=True)]
+                               for keys, cells in zip(batch["video_ids"], batch["videos"], strict=True)]
         return batch

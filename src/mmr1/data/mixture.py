@@ -96,7 +96,8 @@ def _to_dataset(rows: list[dict], cache: DecodedImageCache) -> Any:
     return ds.with_transform(cache)
 
 
-def build_mixture(cfg: DatasetConfig, *, min_pixels: int | None, max_pixels: int | None, seed: int) -> DataBundle:
+def build_mixture(cfg: DatasetConfig, *, min_pixels: int | None, max_pixels: int | None, seed: int,
+                  video: Any = None) -> DataBundle:
     """Build every task of ``cfg.tasks``, then mix their training rows (see the module docstring)."""
     mix_seed = seed if cfg.seed is None else cfg.seed
     weights = {name: task.weight for name, task in cfg.tasks.items()}
@@ -113,7 +114,7 @@ def build_mixture(cfg: DatasetConfig, *, min_pixels: int | None, max_pixels: int
         if planned is not None:  # dataset.limit: no task builds more rows than its share
             own["limit"] = planned[name] if task.limit is None else min(task.limit, planned[name])
         bundles[name] = build_datasets(DatasetConfig(**own), min_pixels=min_pixels, max_pixels=max_pixels,
-                                       seed=mix_seed)
+                                       seed=mix_seed, video=video)
     sizes = {name: len(b.train) for name, b in bundles.items()}
     counts = planned if planned is not None else task_counts(weights, sum(sizes.values()))
     task_rows = {name: _rows(b.train, name) for name, b in bundles.items()}

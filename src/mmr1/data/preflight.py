@@ -1,7 +1,8 @@
 """Pre-flight: does every prompt fit, measured on the data itself? Runs on CPU at start-up, before any GPU work.
 
 A prompt's length is its rendered chat template's text tokens plus the image tokens of *its own* resized
-images (``image_tokens``, written by ``build_datasets``: the sum over a row's images), not a worst case at
+images and clips (``image_tokens``, written by ``build_datasets``: the sum over a row's images, and over its clips
+``frames/2 x h/14 x w/14 / 4``, mmr1.data.videos.video_tokens), not a worst case at
 ``max_pixels``: a 480x320 CLEVR picture (resized to 476x308, 17x11 merged patches) costs 187 tokens whatever
 ``max_pixels`` allows, two of them 374. Two bounds, as the seed had them:
 
@@ -72,10 +73,10 @@ def _shape(messages: list[dict]) -> tuple:
 
 
 def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
-    """Text tokens of the rendered chat prompt, not counting image placeholders (one token each)."""
+    """Text tokens of the rendered chat prompt, not counting image or video placeholders (one token each)."""
     tok = getattr(processing_class, "tokenizer", processing_class)
     n_images = sum(1 for m in messages if not isinstance(m["content"], str)
-                   for p in m["content"] if p.get("type") == "image")
+                   for p in m["content"] if p.get("type") in ("image", "video"))
     if getattr(processing_class, "chat_template", None) or getattr(tok, "chat_template", None):
         renderer = processing_class if hasattr(processing_class, "apply_chat_template") else tok
         text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -89,7 +90,7 @@ def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
 def _scaffold_tokens(processing_class: Any, messages: list[dict]) -> int:
     """The template, system prompt and image markers alone: the row with its other text emptied."""
     empty = [m if m["role"] == "system" else {**m, "content": [
-        p for p in ([] if isinstance(m["content"], str) else m["content"]) if p.get("type") == "image"]
+        p for p in ([] if isinstance(m["content"], str) else m["content"]) if p.get("type") in ("image", "video")]
         + [{"type": "text", "text": ""}]} for m in messages]
     return _text_tokens(processing_class, empty)
 

@@ -10,7 +10,8 @@ conversational prompt the way ms-swift v3.2.1 builds its GRPO prompt:
 - the trailing assistant turn, the reference answer, is dropped (``InferRequest.remove_response``,
   swift/llm/template/template_inputs.py:52-55, called by swift/trainers/rlhf_trainer/grpo_trainer.py:726-727);
   earlier turns stay as history;
-- each ``<image>`` tag is the next image of ``images``, at its place in the text
+- each ``<image>`` tag is the next image of ``images`` and each ``<video>`` tag the next clip of ``videos``
+  (swift/llm/dataset/preprocessor/core.py:21-38 names the columns), at its place in the text
   (swift/llm/template/base.py:569-586). A row without any tag gets its images before the first turn's
   text, as ms-swift adds the missing tags there (``_add_default_tags``, base.py:638-656). Any other
   mismatch is a bad row, named: ms-swift prepends the missing tags of a partly tagged row and only warns
@@ -26,7 +27,8 @@ import re
 from typing import Any
 
 IMAGE_TAG = "<image>"
-_TAG = re.compile(re.escape(IMAGE_TAG))
+VIDEO_TAG = "<video>"
+_TAG = re.compile(f"({re.escape(IMAGE_TAG)}|{re.escape(VIDEO_TAG)})")
 ROLES = ("system", "user", "assistant")
 
 
@@ -62,24 +64,26 @@ def image_cells(row: dict, column: str = "images") -> list[Any]:
 
 
 def split_tags(text: str) -> list[dict]:
-    """Text with ``<image>`` tags -> content parts, an image part at each tag, empty text dropped.
+    """Text with ``<image>``/``<video>`` tags -> content parts, an image or video part at each tag, empty text
+    dropped.
 
-    >>> [p.get("text", "<IMG>") for p in split_tags("Compare <image> and <image>.")]
-    ['Compare ', '<IMG>', ' and ', '<IMG>', '.']
+    >>> [p.get("text", p["type"]) for p in split_tags("Compare <image> and <video>.")]
+    ['Compare ', 'image', ' and ', 'video', '.']
     >>> split_tags("<image>How many?")
     [{'type': 'image'}, {'type': 'text', 'text': 'How many?'}]
     """
     parts: list[dict] = []
-    for i, piece in enumerate(_TAG.split(text)):
-        if i:
-            parts.append({"type": "image"})
-        if piece:
+    for piece in _TAG.split(text):
+        if piece in (IMAGE_TAG, VIDEO_TAG):
+            parts.append({"type": piece[1:-1]})
+        elif piece:
             parts.append({"type": "text", "text": piece})
     return parts
 
 
 def swift_prompt(row: dict, query_suffix: str = "") -> tuple[str | None, list[dict], list[Any], str]:
-    """(row's system prompt or None, the prompt's turns without system, image cells, images column).
+    """(row's system prompt or None, the prompt's turns without system, image cells, images column); the row's
+    videos (``videos``, ``video``) are ``image_cells(row, "videos")``, one ``<video>`` tag each.
 
     Raises SwiftRowError naming the column. ``query_suffix`` is appended to the last user turn, as to a
     hub row's problem.
@@ -105,16 +109,20 @@ def swift_prompt(row: dict, query_suffix: str = "") -> tuple[str | None, list[di
         turns.pop()  # the reference answer; rewards read `solution`
     if not turns or turns[-1]["role"] != "user":
         raise SwiftRowError("messages", "no user turn to answer (the prompt must end with a user turn)")
-    if system is not None and IMAGE_TAG in system:
-        raise SwiftRowError("messages", f"the system turn holds an {IMAGE_TAG} tag (images go in user turns)")
+    if system is not None and (IMAGE_TAG in system or VIDEO_TAG in system):
+        raise SwiftRowError("messages", "the system turn holds an <image>/<video> tag (media go in user turns)")
     column = "images" if "images" in row or "image" not in row else "image"
     images = image_cells(row, column)
-    tags = sum(t["content"].count(IMAGE_TAG) for t in turns)
-    if tags == 0 and images:
-        turns[0]["content"] = IMAGE_TAG * len(images) + turns[0]["content"]
-    elif tags != len(images):
-        raise SwiftRowError(column, f"{tags} {IMAGE_TAG} tag(s) in the prompt's turns but {len(images)} image(s) "
-                                    f"in {column!r}: each tag takes the next image, so their counts must match")
+    videos = image_cells(row, "videos" if "videos" in row or "video" not in row else "video")
+    # Untagged media go before the first turn's text, images first, then videos before them: ms-swift adds the
+    # missing tags type by type (image, audio, video), each prepended (_add_default_tags, base.py:638-656).
+    for tag, cells, col, what in ((IMAGE_TAG, images, column, "image"), (VIDEO_TAG, videos, "videos", "video")):
+        tags = sum(t["content"].count(tag) for t in turns)
+        if tags == 0 and cells:
+            turns[0]["content"] = tag * len(cells) + turns[0]["content"]
+        elif tags != len(cells):
+            raise SwiftRowError(col, f"{tags} {tag} tag(s) in the prompt's turns but {len(cells)} {what}(s) in "
+                                     f"{col!r}: each tag takes the next {what}, so their counts must match")
     if query_suffix:
         turns[-1]["content"] += query_suffix
     out = [{"role": t["role"], "content": split_tags(t["content"]) or [{"type": "text", "text": ""}]}

@@ -241,3 +241,37 @@ def clevr_scene(num_samples: int, seed: int, image_size: int | None = None) -> l
         rows.append({"image": {"bytes": buf.getvalue(), "path": f"CLEVR_trainA_{i:06d}.png"},
                      "problem": CLEVR_PROBLEM, "solution": f"<answer> {k} </answer>"})
     return rows
+
+
+VIDEO_COUNT_PROBLEM = "How many objects appear in the video?"
+
+
+@GENERATORS.register("synthetic_video_count")
+def synthetic_video_count(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """Objects entering a scene one by one: 4 frames of 56x56 (two temporal patches of 2x2 cells, 4 tokens each at
+    the tiny model's video budget), 1-3 objects of distinct colours, each appearing in a later frame and staying,
+    so the last frame shows them all and the count needs no memory of earlier frames to be right, but the model
+    must read the video, not one image. A row's ``videos`` holds one clip as its list of frames (PNG-ready PIL).
+
+    >>> row = synthetic_video_count(1, seed=0)[0]
+    >>> len(row["videos"][0]), row["videos"][0][0].size, row["problem"]
+    (4, (56, 56), 'How many objects appear in the video?')
+    """
+    rows = []
+    side = image_size or 56
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        k = rng.randint(1, 3)
+        final = _grid_scene(rng, side, k)
+        # Reveal the objects' cells in order over frames 1..3 (frame 0: empty scene).
+        cells = [(x, y) for y in range(0, side, 28) for x in range(0, side, 28)]
+        shown = [c for c in cells if final.crop((c[0], c[1], c[0] + 28, c[1] + 28)).getextrema() != ((255, 255),) * 3]
+        rng.shuffle(shown)
+        frames = []
+        for t in range(4):
+            frame = Image.new("RGB", (side, side), (255, 255, 255))
+            for x, y in shown[: math.ceil(len(shown) * t / 3)]:
+                frame.paste(final.crop((x, y, x + 28, y + 28)), (x, y))
+            frames.append(frame)
+        rows.append({"videos": [frames], "problem": VIDEO_COUNT_PROBLEM, "solution": f"<answer> {k} </answer>"})
+    return rows

@@ -36,7 +36,7 @@ def backend(ev: DictConfig) -> str:
 
 
 def make_generator(cfg: DictConfig, model_path: str, proc_path: str, limits: PixelLimits, *, max_new: int,
-                   images_per_prompt: int = 1) -> Any:
+                   images_per_prompt: int = 1, videos_per_prompt: int = 0) -> Any:
     ev = cfg.eval
     kind = backend(ev)
     processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
@@ -47,7 +47,7 @@ def make_generator(cfg: DictConfig, model_path: str, proc_path: str, limits: Pix
         client = VLLMClient(base_url=str(ev.server_url), connection_timeout=cfg.rollout.server_timeout_s)
         return functools.partial(server_generate, client, processor)
     if kind == "vllm":
-        engine = _engine(cfg, model_path, proc_path, limits, max_new, images_per_prompt)
+        engine = _engine(cfg, model_path, proc_path, limits, max_new, images_per_prompt, videos_per_prompt)
         return functools.partial(vllm_generate, engine, processor)
     import torch
 
@@ -55,11 +55,11 @@ def make_generator(cfg: DictConfig, model_path: str, proc_path: str, limits: Pix
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
     model = load_model(model_path, cfg.model).to(device).eval()
-    return functools.partial(generate, model, processor)
+    return functools.partial(generate, model, processor, video=cfg.model.video)
 
 
 def _engine(cfg: DictConfig, model_path: str, proc_path: str, limits: PixelLimits, max_new: int,
-            images: int) -> Any:
+            images: int, videos: int) -> Any:
     """``vllm.LLM`` on the evaluated weights, with the run's dtype and engine settings (mmr1.rollout.vllm_engine)
     and the evaluation's image limits; the context fits the largest image, a prompt's text and ``max_new``."""
     from vllm import LLM
@@ -72,7 +72,7 @@ def _engine(cfg: DictConfig, model_path: str, proc_path: str, limits: PixelLimit
         max_len = min(max_len, model_max)
     log.info("eval: vLLM engine on %s (max_model_len %d, %s)", model_path, max_len, options)
     return LLM(model=model_path, tokenizer=proc_path, seed=int(cfg.eval.seed), max_model_len=int(max_len),
-               limit_mm_per_prompt={"image": max(1, images)}, **options)
+               limit_mm_per_prompt={"image": max(1, images), "video": videos}, **options)
 
 
 def _max_positions(model_dir: Path) -> int | None:
@@ -85,6 +85,14 @@ def _max_positions(model_dir: Path) -> int | None:
     return int(value) if value else None
 
 
+def _media(row: dict) -> dict[str, Any]:
+    """A row's images, and its clips as (frames, metadata) pairs (mmr1.rollout.colocate.with_clips's form)."""
+    from mmr1.rollout.colocate import with_clips
+
+    media = {"image": row_images(row)} if row_images(row) else {}
+    return with_clips([{"multi_modal_data": media}], [list(row.get("videos") or [])])[0]["multi_modal_data"]
+
+
 def vllm_generate(llm: Any, processor: Any, rows: list[dict], *, n: int, do_sample: bool, max_new_tokens: int,
                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> list[list[dict]]:
     """One batched ``LLM.generate``: the chat-templated text with its one placeholder per image, and the images
@@ -95,7 +103,7 @@ def vllm_generate(llm: Any, processor: Any, rows: list[dict], *, n: int, do_samp
     params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
                             top_p=top_p if do_sample else 1.0, top_k=(top_k or -1) if do_sample else -1)
     prompts = [{"prompt": processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
-                "multi_modal_data": {"image": row_images(r)}} for r in rows]
+                "multi_modal_data": _media(r)} for r in rows]
     outs = llm.generate(prompts, params, use_tqdm=False)
     return [[{"text": o.text, "length": len(o.token_ids), "truncated": o.finish_reason == "length"}
              for o in out.outputs] for out in outs]

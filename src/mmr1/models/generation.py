@@ -17,8 +17,27 @@ def to_pil(image: Any):
 
 
 def row_images(row: dict) -> list:
-    """A row's images as PIL, in prompt order: ``images`` (several per row) or ``image`` (one)."""
-    return [to_pil(i) for i in row["images"]] if row.get("images") is not None else [to_pil(row["image"])]
+    """A row's images as PIL, in prompt order: ``images`` (several per row), ``image`` (one), or none (a clip row)."""
+    if row.get("images") is not None:
+        return [to_pil(i) for i in row["images"]]
+    return [to_pil(row["image"])] if row.get("image") is not None else []
+
+
+def media_inputs(rows: list[dict], video: Any = None) -> dict[str, Any]:
+    """The processor's media arguments for a batch: ``images`` per row, and the rows' clips (mmr1.data.videos.Clip)
+    as ``videos`` with their frame bounds and timing (mmr1.data.videos.processor_video_kwargs)."""
+    out: dict[str, Any] = {}
+    images = [row_images(r) for r in rows]
+    if any(images):
+        out["images"] = images
+    clips = [c for r in rows for c in (r.get("videos") or [])]
+    if clips:
+        from mmr1.data.config import VideoConfig
+        from mmr1.data.videos import processor_video_kwargs
+
+        out["videos"] = [c.frames for c in clips]
+        out["videos_kwargs"] = processor_video_kwargs(clips, video or VideoConfig())
+    return out
 
 
 def completion_lengths(ids, eos_ids: set[int], pad_id: int | None) -> tuple[list[int], list[bool]]:
@@ -37,13 +56,13 @@ def completion_lengths(ids, eos_ids: set[int], pad_id: int | None) -> tuple[list
 
 
 def generate(model, processor, rows: list[dict], *, n: int, do_sample: bool, max_new_tokens: int,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> list[list[dict]]:
-    """Completions for each row (``n`` of them): ``[{"text", "length", "truncated"}, ...]`` per row."""
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, video: Any = None) -> list[list[dict]]:
+    """Completions for each row (``n`` of them): ``[{"text", "length", "truncated"}, ...]`` per row; ``video``:
+    the run's ``model.video`` (clips' frame bounds)."""
     import torch
 
     texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
-    images = [row_images(r) for r in rows]
-    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
+    inputs = processor(text=texts, **media_inputs(rows, video), padding=True, return_tensors="pt").to(model.device)
     gen = model.generation_config
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_return_sequences": n,

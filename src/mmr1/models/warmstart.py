@@ -46,7 +46,7 @@ def target_completion(solution: str, think: str) -> str:
 
 def _recipe(cfg: DictConfig, base_path: str, limits) -> dict[str, Any]:
     base = Path(base_path) / "mmr1_recipe.json"
-    dataset = container(cfg.dataset, enum_to_str=True)
+    dataset = container(warmstart_dataset(cfg), enum_to_str=True)
     return {
         "version": WARMSTART_VERSION,
         "base": base.read_text() if base.exists() else base_path,
@@ -75,6 +75,12 @@ def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
     return str(out)
 
 
+def warmstart_dataset(cfg: DictConfig) -> DictConfig:
+    """The dataset node the SFT's stand-in comes from: ``model.warmstart.data`` when set, else the run's."""
+    data = cfg.model.warmstart.get("data")
+    return data if data is not None else cfg.dataset
+
+
 def warmstart_data_cfg(dataset: DictConfig, ws: Any) -> Any:
     """The task's offline stand-in, ``ws.num_samples`` SFT rows and ``ws.gate_samples`` held out for the gate;
     a mixture (mmr1.data.mixture): each task's stand-in, the SFT rows by weight, the gate's split across tasks."""
@@ -95,7 +101,7 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     from trl import SFTConfig, SFTTrainer
 
     ws = cfg.model.warmstart
-    ds_cfg = warmstart_data_cfg(cfg.dataset, ws)
+    ds_cfg = warmstart_data_cfg(warmstart_dataset(cfg), ws)
     data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
     # `image` or `images` (several per prompt, mmr1.data.datasets): TRL's SFTTrainer reads both.
     pics = [k for k in ("image", "images") if k in data.train.column_names]

@@ -56,7 +56,7 @@ def audit_rows(cfg: DictConfig, audit: AuditConfig) -> tuple[list[dict], str]:
 
     def build(node: dict) -> list[dict]:
         bundle = build_datasets(node, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
-                                seed=cfg.trainer.seed)
+                                seed=cfg.trainer.seed, video=cfg.model.video)
         return [bundle.train[i] for i in range(min(audit.rows, len(bundle.train)))]
 
     origin = f"{dataset['name']} ({dataset['source']})"

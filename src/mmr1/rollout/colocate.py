@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from omegaconf import DictConfig
@@ -37,6 +38,31 @@ def colocate_engine(cfg: DictConfig, processor: Any) -> Iterator[dict[str, Any]]
         yield options
 
 
+# The clips of the prompts being generated, one list per prompt in TRL's order (set by mmr1.trainer.grpo around a
+# generation round): TRL hands vLLM only images (trl/generation/vllm_generation.py builds {"image": ...}).
+ROLLOUT_CLIPS: ContextVar[list | None] = ContextVar("mmr1_rollout_clips", default=None)
+
+
+def with_clips(prompts: list, clips: list | None) -> list:
+    """Each prompt with its clips as vLLM's ``multi_modal_data["video"]``: ``(frames, metadata)`` pairs (vLLM 0.31's
+    Qwen2.5-VL parser requires the metadata, ``video_needs_metadata=True`` in vllm/model_executor/models/
+    qwen2_5_vl.py; the frames are mmr1's, already sampled: ``do_sample_frames`` false)."""
+    if clips is None:
+        return prompts
+    if len(clips) != len(prompts):
+        raise RuntimeError(f"vLLM got {len(prompts)} prompts for {len(clips)} rows of clips: TRL's colocate "
+                           "generation no longer sends one prompt per row (mmr1.rollout.colocate)")
+    out = []
+    for p, row in zip(prompts, clips, strict=True):
+        if row:
+            videos = [(c.frames, {**c.metadata, "duration": c.total_frames / c.source_fps, "do_sample_frames": False})
+                      for c in row]
+            p = {**p, "multi_modal_data": {**(p.get("multi_modal_data") or {}),
+                                           "video": videos if len(videos) > 1 else videos[0]}}
+        out.append(p)
+    return out
+
+
 def _engine(real: Any, options: dict[str, Any], placeholders: set[int], *args: Any, **kwargs: Any) -> Any:
     """``vllm.LLM(*args, **kwargs)`` with mmr1's options, generating from prompts with collapsed placeholders."""
     kwargs.update(options)
@@ -46,6 +72,7 @@ def _engine(real: Any, options: dict[str, Any], placeholders: set[int], *args: A
 
     def generate_unexpanded(prompts: Any, *gen_args: Any, **gen_kwargs: Any) -> Any:
         if isinstance(prompts, list):
+            prompts = with_clips(prompts, ROLLOUT_CLIPS.get())
             prompts = [{**p, "prompt_token_ids": collapse_placeholders(p["prompt_token_ids"], placeholders)}
                        if isinstance(p, dict) and p.get("multi_modal_data") else p for p in prompts]
         return generate(prompts, *gen_args, **gen_kwargs)

@@ -25,9 +25,11 @@ import torch
 from accelerate.utils import gather_object
 
 from mmr1.internals import GRPOHooks
+from mmr1.rollout.colocate import ROLLOUT_CLIPS
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
 from mmr1.trainer.dynamic_sampling import loss_tokens, refill_indices, sample_batch
+from mmr1.trainer.video import feed_videos, row_clips, tokenize_prompts, video_rows
 
 IMAGE_MARK = "<image>"
 
@@ -66,8 +68,15 @@ class Mmr1GRPOTrainer(GRPOHooks):
 
     def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
                  dynamic_sampling_max_batches: int = 1, banned_token_ids: set[int] | None = None,
-                 **kwargs: Any) -> None:
+                 video: Any = None, **kwargs: Any) -> None:
+        from mmr1.data.config import VideoConfig
+
         self.context_length = context_length
+        # Clips (a dataset's `videos`): their frame bounds, and the batch's clips / video tensors while a round
+        # generates and scores them, or while the loss runs (mmr1.trainer.video).
+        self.video = video or VideoConfig()
+        self._clips: list | None = None
+        self._video_rows: list | None = None
         # The vision tokens banned at sampling time (mmr1.rollout.vision_tokens): a completion that still holds
         # one ends before it, counted as rollout/vision_token_cuts.
         self.banned_token_ids = set(banned_token_ids or ())
@@ -106,6 +115,7 @@ class Mmr1GRPOTrainer(GRPOHooks):
 
     def generate_and_score(self, run, inputs):
         """Once per generation round, so num_iterations > 1 and steps_per_generation reuse the filtered batch."""
+        run = self._with_clips(run)
         if not self.dynamic_sampling or not self.model.training:
             return run(inputs)
         acc = self.accelerator
@@ -128,6 +138,51 @@ class Mmr1GRPOTrainer(GRPOHooks):
         for key, value in stats.items():
             self.log_metric("train", key, value)
         return batch
+
+    def _with_clips(self, run):
+        """``run(rows)`` with the rows' clips carried through TRL's step (mmr1.trainer.video), their video tensors
+        added to the output under ``videos``, one entry per row, for the loss."""
+        def run_rows(rows: list[dict]) -> dict[str, Any]:
+            clips = row_clips(rows)
+            if clips is None:
+                return run(rows)
+            self._clips = clips
+            self._video_rows = video_rows(self.processing_class, clips, self.video)
+            token = ROLLOUT_CLIPS.set(clips)  # vLLM colocate: the clips of the prompts it generates from
+            try:
+                out = run(rows)
+                out["videos"] = self._video_rows
+            finally:
+                self._clips, self._video_rows = None, None
+                ROLLOUT_CLIPS.reset(token)
+            return out
+
+        return run_rows
+
+    def tokenize(self, tokenize, prompts):
+        if self._clips is None:
+            return tokenize()
+        return tokenize_prompts(self.processing_class, prompts, self._clips, self.video, self.chat_template_override)
+
+    def logps_context(self, model):
+        if self._video_rows is None:
+            return super().logps_context(model)
+        proc = self.processing_class
+        return feed_videos(model, self._video_rows, getattr(proc, "image_token_id", None),
+                           getattr(proc, "video_token_id", None))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss; a batch with clips feeds their video tensors (``inputs["videos"]``) to its forward."""
+        rows = inputs.get("videos") if isinstance(inputs, dict) else None
+        video_id = getattr(self.processing_class, "video_token_id", None)
+        if rows is None and video_id is not None and bool((inputs["prompt_ids"] == video_id).any()):
+            raise RuntimeError("a loss batch holds video tokens without their frames (inputs['videos']): TRL's batch "
+                               "layout changed under mmr1.trainer.video")
+        self._video_rows = rows
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._video_rows = None
 
     def _local_rows(self) -> int:
         """Rows of one rank's generation batch (TRL's dataloader batch)."""

@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 from trl import GRPOConfig
 
 from mmr1.config.grpo_args import has_accelerator
+from mmr1.config.typed import typed_config
 from mmr1.data import DataBundle, build_datasets
+from mmr1.data.config import VideoConfig
 from mmr1.data.preflight import Report, data_skips_long_prompts, preflight
 from mmr1.launch.deepspeed import cpu_state
 from mmr1.models import load_model
@@ -63,7 +65,7 @@ def load_data(cfg: DictConfig, run: Run) -> Data:
     """The datasets, every prompt measured against the length bounds, and the reward audit: all before weights."""
     policy = prepare_policy(cfg, warmstart=False, limits=run.limits)
     bundle = build_datasets(cfg.dataset, min_pixels=run.limits.min_pixels, max_pixels=run.limits.max_pixels,
-                            seed=cfg.trainer.seed)
+                            seed=cfg.trainer.seed, video=cfg.model.video)
     # Every prompt, measured with its own image's tokens, against trainer.max_length and the rollout context;
     # over-long rows are named (or skipped, dataset.on_long_prompt).
     fit = preflight(policy.processor, bundle, max_length=cfg.trainer.max_length, context=cfg.rollout.max_model_len,
@@ -109,6 +111,7 @@ def build_trainer(cfg: DictConfig, run: Run, model: Model, data: Data) -> tuple[
             model=model.module,
             banned_token_ids=vision_ids,
             context_length=cfg.rollout.max_model_len,  # completions end where the rollout context does
+            video=typed_config(VideoConfig, cfg.model.video, key="model.video"),  # clips' frame bounds
             dynamic_sampling=cfg.trainer.dynamic_sampling,  # zero-variance groups dropped and refilled
             dynamic_sampling_max_batches=cfg.trainer.dynamic_sampling_max_batches,
             reward_funcs=run.reward_funcs,
