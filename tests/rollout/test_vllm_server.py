@@ -36,7 +36,8 @@ def test_evaluate_generates_through_a_vllm_server_on_a_cpu(tmp_path):
     finally:
         server.terminate()
         server.wait(60)
-    run_cli([*EVAL, f"eval.output={tmp_path / 'local.json'}", f"hydra.run.dir={tmp_path / 'local'}"],
+    # In-process transformers (eval.backend=auto would pick vLLM here: it is installed).
+    run_cli([*EVAL, f"eval.output={tmp_path / 'local.json'}", "eval.backend=hf", f"hydra.run.dir={tmp_path / 'local'}"],
             module="mmr1.evaluate")
     served, local = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("served", "local"))
     assert served["rows"] == local["rows"] == 6

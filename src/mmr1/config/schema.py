@@ -45,10 +45,6 @@ class WarmStartConfig:
     gate_reward: str = "external_r1v_acc"
     think: str = "I count the objects."
     seed: int = 1234
-    # The task whose offline stand-in the SFT runs on; null = the run's own dataset. A video task sets an image
-    # task here (TRL's SFTTrainer has no video path): the format and the counting are learnt on images, and
-    # GRPO carries them to clips (conf/experiment/tiny_video_count.yaml).
-    data: DatasetConfig | None = None
 
 
 @dataclass

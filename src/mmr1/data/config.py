@@ -90,6 +90,10 @@ class DatasetConfig:
     generator: str | None = None
     num_samples: int = 2000
     image_size: int | None = None
+    # The generator the supervised warm-start (model.warmstart) trains on; None = ``generator``. A video task names
+    # its image twin (TRL's SFTTrainer has no video path): the answer format and the counting are learnt on
+    # images, and GRPO carries them to clips (conf/dataset/synthetic_video_count.yaml).
+    warmstart_generator: str | None = None
     # Decoded images kept in memory per process so the num_generations copies of a prompt (and later epochs)
     # reuse one decode; bounded because 8k images at MAX_PIXELS would not fit many ranks' host RAM.
     image_cache_mb: int = 1024

@@ -71,7 +71,10 @@ def _engine(cfg: DictConfig, model_path: str, proc_path: str, limits: PixelLimit
     if model_max is not None:
         max_len = min(max_len, model_max)
     log.info("eval: vLLM engine on %s (max_model_len %d, %s)", model_path, max_len, options)
+    # The run's memory share (rollout.gpu_memory_utilization; on vLLM's CPU build the share of host memory it
+    # reserves at start, whose own default of 0.92 fails beside any other process).
     return LLM(model=model_path, tokenizer=proc_path, seed=int(cfg.eval.seed), max_model_len=int(max_len),
+               gpu_memory_utilization=float(cfg.rollout.gpu_memory_utilization),
                limit_mm_per_prompt={"image": max(1, images), "video": videos}, **options)
 
 

@@ -76,9 +76,10 @@ def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
 
 
 def warmstart_dataset(cfg: DictConfig) -> DictConfig:
-    """The dataset node the SFT's stand-in comes from: ``model.warmstart.data`` when set, else the run's."""
-    data = cfg.model.warmstart.get("data")
-    return data if data is not None else cfg.dataset
+    """The dataset node the SFT's stand-in comes from: the run's, with ``dataset.warmstart_generator`` (a video
+    task's image twin) as its generator when set."""
+    twin = cfg.dataset.get("warmstart_generator")
+    return cfg.dataset if not twin else OmegaConf.merge(cfg.dataset, {"generator": twin})
 
 
 def warmstart_data_cfg(dataset: DictConfig, ws: Any) -> Any:
