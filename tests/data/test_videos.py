@@ -134,3 +134,16 @@ def test_clips_and_images_do_not_share_a_dataset(tmp_path):
     rows = [{"videos": ["a.mp4"], "problem": "q", "solution": "s"}, {"image": "b.png", "problem": "q", "solution": "s"}]
     with pytest.raises(ValueError, match=r"rows with videos \(first: row 0\) and rows with images \(first: row 1\)"):
         build_datasets(_local_dataset(tmp_path, rows), min_pixels=3136, max_pixels=50176, seed=0)
+
+
+def test_the_memory_estimate_counts_clips():
+    """Unmeasured: each clip at its budget's bound (model.video); measured: the pre-flight's tokens, clips in."""
+    from mmr1.launch.memory import estimate_memory
+    from testkit import compose_cfg
+
+    cfg = compose_cfg(["dataset=synthetic_video_count", "model.video.max_frames=8", "model.video.max_pixels=12544"])
+    plain = estimate_memory(cfg)["plan"]
+    clip = estimate_memory(cfg, videos_per_prompt=1)["plan"]
+    assert clip["image_tokens"] - plain["image_tokens"] == 8 * 12544 // 2 // 784  # 8 frames of 16 tokens / 2
+    measured = estimate_memory(cfg, prompt_tokens=300, image_tokens=8)["plan"]
+    assert measured["image_tokens"] == 8 and measured["text_tokens"] == 292

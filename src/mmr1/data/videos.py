@@ -70,6 +70,16 @@ def video_tokens(frames: int, height: int, width: int) -> int:
     return math.ceil(frames / TEMPORAL_PATCH) * (height // PATCH) * (width // PATCH) // (MERGE * MERGE)
 
 
+def clip_token_bound(cfg: VideoConfig) -> int:
+    """The most tokens one clip can cost under ``cfg``: n frames of at most min(max_pixels, total_pixels * 2 / n)
+    pixels each cost n/2 * pixels / 28**2, at most min(max_frames * max_pixels / 2, total_pixels) / 28**2.
+
+    >>> clip_token_bound(VideoConfig())  # Qwen's defaults: the clip budget binds
+    115200
+    """
+    return int(min(cfg.max_frames * cfg.max_pixels / TEMPORAL_PATCH, cfg.total_pixels)) // (FACTOR * FACTOR)
+
+
 def _floor2(x: float) -> int:
     return int(math.floor(x / TEMPORAL_PATCH) * TEMPORAL_PATCH)
 

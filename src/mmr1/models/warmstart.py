@@ -79,7 +79,11 @@ def warmstart_dataset(cfg: DictConfig) -> DictConfig:
     """The dataset node the SFT's stand-in comes from: the run's, with ``dataset.warmstart_generator`` (a video
     task's image twin) as its generator when set."""
     twin = cfg.dataset.get("warmstart_generator")
-    return cfg.dataset if not twin else OmegaConf.merge(cfg.dataset, {"generator": twin})
+    if not twin:
+        return cfg.dataset
+    merged = OmegaConf.merge(cfg.dataset, {"generator": twin})
+    assert isinstance(merged, DictConfig)  # a mapping merged into a mapping
+    return merged
 
 
 def warmstart_data_cfg(dataset: DictConfig, ws: Any) -> Any:

@@ -264,7 +264,8 @@ def estimate_memory(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | No
     Hugging Face config dict to use instead of ``model.name_or_path``'s. Further keywords (``plan_from_cfg``):
     ``max_pixels`` (default: the resolved model.max_pixels), ``prompt_tokens`` / ``image_tokens`` (measured,
     e.g. preflight.json's longest prompt), ``text_tokens`` (prompt text without images, default 256),
-    ``images_per_prompt``, ``world_size``, ``env``.
+    ``images_per_prompt``, ``videos_per_prompt`` (clips, each at its ``model.video`` budget's bound; measured
+    ``image_tokens`` count a row's clips too), ``world_size``, ``env``.
 
     Returns ``trainer_gpu_gb`` (the components of the training phase; ``trainer_gpu_bytes`` unrounded),
     ``activations_gb`` (their detail),

@@ -7,7 +7,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from mmr1.config.typed import typed_config
+from mmr1.data.config import VideoConfig
 from mmr1.data.images import FACTOR, QWEN_MIN_PIXELS, resolve_pixel_limits
+from mmr1.data.videos import clip_token_bound
 from mmr1.launch.deepspeed import deepspeed_config
 from mmr1.launch.memory.arch import Arch, arch_from_config, model_config
 
@@ -82,7 +85,8 @@ def _gen_rows(t: Any, world: int) -> int:
 
 
 def _sequence(cfg: Any, *, max_pixels: int | None, prompt_tokens: int | None, image_tokens: int | None,
-              images_per_prompt: int, text_tokens: int) -> tuple[int, int, int, int, list[str]]:
+              images_per_prompt: int, text_tokens: int,
+              videos_per_prompt: int = 0) -> tuple[int, int, int, int, list[str]]:
     """(text tokens, image tokens, completion tokens, sequence length, notes) of the longest row.
 
     Image tokens at ``max_pixels`` (one per 28x28 pixels after Qwen's resize, mmr1.data.images); the prompt
@@ -104,6 +108,9 @@ def _sequence(cfg: Any, *, max_pixels: int | None, prompt_tokens: int | None, im
                 max_pixels = resolve_pixel_limits(cfg.model.max_pixels, cfg.model.min_pixels).max_pixels
         per_image = max_pixels // (FACTOR * FACTOR)
         img = per_image * images_per_prompt if image_tokens is None else int(image_tokens)
+        if videos_per_prompt and image_tokens is None:  # clips at their budget's bound (mmr1.data.videos)
+            img += videos_per_prompt * clip_token_bound(typed_config(VideoConfig, cfg.model.get("video"),
+                                                                     key="model.video"))
         text = text_tokens
     prompt = text + img
     max_length = t.get("max_length")
@@ -126,7 +133,7 @@ def _sequence(cfg: Any, *, max_pixels: int | None, prompt_tokens: int | None, im
 
 def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None = None,
                   config: dict | None = None, max_pixels: int | None = None, prompt_tokens: int | None = None,
-                  image_tokens: int | None = None, images_per_prompt: int = 1,
+                  image_tokens: int | None = None, images_per_prompt: int = 1, videos_per_prompt: int = 0,
                   text_tokens: int = PROMPT_TEXT_TOKENS, world_size: int | None = None,
                   env: dict[str, str] | None = None) -> tuple[Plan, list[str]]:
     env = dict(os.environ if env is None else env)
@@ -155,7 +162,7 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
     act_bytes = 2 if (half or param_bytes == 2) else 4
     text, img, completion, seq, notes = _sequence(
         cfg, max_pixels=max_pixels, prompt_tokens=prompt_tokens, image_tokens=image_tokens,
-        images_per_prompt=images_per_prompt, text_tokens=text_tokens)
+        images_per_prompt=images_per_prompt, text_tokens=text_tokens, videos_per_prompt=videos_per_prompt)
     trainable, base_linear_bytes, adapter_act_bytes = None, 0.0, 0
     if cfg.model.train_type in ("lora", "qlora"):
         lora = cfg.model.lora
