@@ -44,7 +44,7 @@ from mmr1.data import build_datasets, load_system_prompt, resolve_pixel_limits
 from mmr1.evaluation.completions import read_completions
 from mmr1.evaluation.config import BenchmarkConfig, Rows
 from mmr1.evaluation.engines import make_generator
-from mmr1.evaluation.protocol import apply_scorer, benchmark_summary, check_benchmark, is_benchmark, published_line
+from mmr1.evaluation.protocol import apply_scorer, benchmark_summary, check_benchmark, is_benchmark, published
 from mmr1.evaluation.testsets import load_rows
 from mmr1.models import resolve_model_path
 from mmr1.models.policy import prepare_policy
@@ -194,8 +194,8 @@ def _print(result: dict[str, Any], bench: BenchmarkConfig, out_path: Path) -> No
               f"training reward {result['reward_accuracy']:.3f}, {len(result['disagreements'])} rows scored apart")
         if result.get("reported_accuracy") is not None:
             print(f"  the file's own accuracy: {result['reported_accuracy']:.4f}")
-        if bench.baselines:
-            print(f"  published: {published_line(bench)}")
+        if result["baselines"]:
+            print(f"  published: {published(result['baselines'], training=True)}")
     for task, stats in result.get("tasks", {}).items():
         print(f"  {task}: accuracy={stats['accuracy']:.3f} rows={stats['rows']}")
 

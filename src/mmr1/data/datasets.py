@@ -32,7 +32,7 @@ from mmr1.data.images import (
     resolve_pixel_limits,
 )
 from mmr1.data.sources import SOURCES
-from mmr1.data.swift_format import SwiftRowError, image_cells, is_swift_format, swift_prompt
+from mmr1.data.swift_format import SwiftRowError, image_cells, is_swift_format, swift_prompt, video_cells
 from mmr1.data.videos import BadVideo, ClipStore
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def build_messages(system_prompt: str, text: str, n_images: int = 1, n_videos: i
 
 def _prompt_and_images(row: dict, swift: bool, system_prompt: str, suffix: str) -> tuple[list[dict], list, str]:
     """(prompt messages, image cells, the images' column) of one raw row; SwiftRowError names a bad column. Its
-    clips are ``row_videos(row)``."""
-    videos = row_videos(row)
+    clips are ``video_cells(row)``."""
+    videos = video_cells(row)
     if swift:
         own_system, turns, cells, column = swift_prompt(row, suffix)
         if not isinstance(row.get("solution"), str) or not row["solution"].strip():
@@ -105,13 +105,6 @@ def _prompt_and_images(row: dict, swift: bool, system_prompt: str, suffix: str) 
     if not cells and not videos:
         raise SwiftRowError(column, "no image or video (mmr1 trains prompts with at least one)")
     return messages, cells, column
-
-
-def row_videos(row: dict) -> list:
-    """A raw row's clips: ``videos`` (a list) or ``video`` (one), each a file path or a list of frames."""
-    if row.get("videos") is not None:
-        return image_cells(row, "videos")
-    return [row["video"]] if row.get("video") is not None else []
 
 
 class _BadRows:
@@ -167,7 +160,7 @@ def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix
         bad(index, column, ("" if len(cells) == 1 else f"image {len(imgs)}: ") + str(exc))
         return None
     try:  # each unique clip decoded, sampled and resized once (its frames then stored, like a resized image)
-        videos = [clips.load(cell, base_dir) for cell in row_videos(row)]
+        videos = [clips.load(cell, base_dir) for cell in video_cells(row)]
     except BadVideo as exc:
         bad(index, "videos", str(exc))
         return None
@@ -248,6 +241,7 @@ def build_datasets(
     _refuse_mixed_media(name, out)
     tokens = [r["image_tokens"] for r in out]
     resizer.release()
+    clips.release()
     _single_image_columns(out)
 
     if bad.indices:

@@ -207,35 +207,51 @@ class ImageResizer:
         self._done.clear()
 
 
+class ByteLRU:
+    """A least-recently-used map bounded by the bytes of its values (``size_of(value)``); a value larger than the
+    bound is not kept. The decoded images and the decoded clips of a dataset each keep one."""
+
+    def __init__(self, max_bytes: int, size_of: Any) -> None:
+        self.max_bytes, self.size_of = max_bytes, size_of
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return
+        size = self.size_of(value)
+        if size > self.max_bytes:
+            return
+        self._items[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= self.size_of(old)
+
+
 class DecodedImageCache:
     """``Dataset.with_transform`` hook: turns the stored resized image bytes back into a PIL image, keeping a
     bounded LRU (by decoded bytes) keyed by image id, so the ``num_generations`` repeats of a prompt
     that TRL's sampler requests back to back cost one decode. ``decodes`` counts real decodes."""
 
     def __init__(self, max_bytes: int, clips: Any = None) -> None:
-        self.max_bytes = max_bytes
         self.clips = clips  # a dataset's clips (mmr1.data.videos.ClipStore), decoded as Clip objects
-        self._lru: OrderedDict[str, Image.Image] = OrderedDict()
-        self._bytes = 0
+        self._lru = ByteLRU(max_bytes, lambda img: img.width * img.height * 3)
         self.decodes: Counter[str] = Counter()
 
     def put(self, key: str, img: Image.Image) -> None:
-        if key in self._lru:
-            self._lru.move_to_end(key)
-            return
-        size = img.width * img.height * 3
-        if size > self.max_bytes:
-            return
-        self._lru[key] = img
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, old = self._lru.popitem(last=False)
-            self._bytes -= old.width * old.height * 3
+        self._lru.put(key, img)
 
     def get(self, key: str, encoded: bytes) -> Image.Image:
         img = self._lru.get(key)
         if img is not None:
-            self._lru.move_to_end(key)
             return img
         img = Image.open(io.BytesIO(encoded))
         img.load()

@@ -63,6 +63,18 @@ def image_cells(row: dict, column: str = "images") -> list[Any]:
     return [value]
 
 
+def video_cells(row: dict) -> list[Any]:
+    """The row's clips as a list: ``videos`` (a list, or one clip alone) or ``video`` (one clip, which may itself be a
+    list of frames); ms-swift takes both names (swift/llm/dataset/preprocessor/core.py:21-38).
+
+    >>> video_cells({"videos": ["a.mp4", "b.mp4"]}), video_cells({"video": ["f0.png", "f1.png"]}), video_cells({})
+    (['a.mp4', 'b.mp4'], [['f0.png', 'f1.png']], [])
+    """
+    if row.get("videos") is not None:
+        return image_cells(row, "videos")
+    return [row["video"]] if row.get("video") is not None else []
+
+
 def split_tags(text: str) -> list[dict]:
     """Text with ``<image>``/``<video>`` tags -> content parts, an image or video part at each tag, empty text
     dropped.
@@ -113,7 +125,7 @@ def swift_prompt(row: dict, query_suffix: str = "") -> tuple[str | None, list[di
         raise SwiftRowError("messages", "the system turn holds an <image>/<video> tag (media go in user turns)")
     column = "images" if "images" in row or "image" not in row else "image"
     images = image_cells(row, column)
-    videos = image_cells(row, "videos" if "videos" in row or "video" not in row else "video")
+    videos = video_cells(row)
     # Untagged media go before the first turn's text, images first, then videos before them: ms-swift adds the
     # missing tags type by type (image, audio, video), each prepended (_add_default_tags, base.py:638-656).
     for tag, cells, col, what in ((IMAGE_TAG, images, column, "image"), (VIDEO_TAG, videos, "videos", "video")):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mmr1.data.config import VideoConfig
-from mmr1.data.images import FACTOR, smart_resize
+from mmr1.data.images import FACTOR, ByteLRU, smart_resize
 
 TEMPORAL_PATCH = 2  # FRAME_FACTOR: frames per temporal patch
 PATCH = 14
@@ -212,16 +212,15 @@ def processor_video_kwargs(clips: list[Clip], cfg: VideoConfig) -> dict[str, Any
 
 
 class ClipStore:
-    """Each unique clip decoded, sampled and resized once per process; a bounded LRU of decoded clips (keyed by
-    content: a path and its file's size and mtime, or the frames' bytes) serves the dataset's transform, so the
-    ``num_generations`` repeats of a prompt cost one decode."""
+    """Each unique clip decoded, sampled, resized and encoded once per build (keyed by content: a path and its
+    file's size and mtime, or the frames' bytes); afterwards a bounded LRU of decoded clips serves the dataset's
+    transform, so the ``num_generations`` repeats of a prompt cost one decode."""
 
     def __init__(self, cfg: VideoConfig) -> None:
         self.cfg = cfg
-        self.max_bytes = cfg.cache_mb * 2**20
-        self.tokens: dict[str, int] = {}
-        self._lru: dict[str, Clip] = {}
-        self._bytes = 0
+        self.tokens: dict[str, int] = {}  # every unique clip's token cost, by key
+        self._loaded: dict[str, dict[str, Any]] = {}  # this build's encoded clips, dropped by release()
+        self._lru = ByteLRU(cfg.cache_mb * 2**20, lambda clip: clip.frames.nbytes)
         self.decodes = 0
 
     @staticmethod
@@ -243,28 +242,21 @@ class ClipStore:
     def load(self, cell: Any, base_dir: Path | None) -> dict[str, Any]:
         """``{"id", "cell" (what the dataset stores), "tokens"}`` of a raw ``videos`` cell."""
         key = self.key(cell, base_dir)
-        clip = self._lru.get(key) or load_clip(cell, self.cfg, base_dir)
-        self._put(key, clip)
-        self.tokens[key] = clip.tokens
-        return {"id": key, "cell": encode_clip(clip), "tokens": clip.tokens}
+        if key not in self._loaded:
+            clip = load_clip(cell, self.cfg, base_dir)
+            self._lru.put(key, clip)  # first access during training then costs no decode
+            self.tokens[key] = clip.tokens
+            self._loaded[key] = {"id": key, "cell": encode_clip(clip), "tokens": clip.tokens}
+        return self._loaded[key]
+
+    def release(self) -> None:
+        """Drop the build's encoded clips (the dataset holds them now; the token counts stay)."""
+        self._loaded.clear()
 
     def get(self, key: str, cell: dict[str, Any]) -> Clip:
         clip = self._lru.get(key)
         if clip is None:
             clip = decode_clip(cell)
             self.decodes += 1
-        self._put(key, clip)
+            self._lru.put(key, clip)
         return clip
-
-    def _put(self, key: str, clip: Clip) -> None:
-        if key in self._lru:
-            self._lru[key] = self._lru.pop(key)  # most recent last
-            return
-        size = clip.frames.nbytes
-        if size > self.max_bytes:
-            return
-        self._lru[key] = clip
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            old = self._lru.pop(next(iter(self._lru)))
-            self._bytes -= old.frames.nbytes

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmr1.evaluation.testsets import jsonl_records, solution_of
+
 
 def read_completions(path: str | Path) -> tuple[list[dict], list[list[dict]], float | None]:
     """(rows, completions per row, the file's own accuracy in [0, 1] or None)."""
@@ -31,13 +33,7 @@ def read_completions(path: str | Path) -> tuple[list[dict], list[list[dict]], fl
         acc = whole.get("accuracy")
         reported = float(acc) / 100 if isinstance(acc, (int, float)) else None  # R1-V prints percent
     else:
-        items = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((f"{file} line {line_no}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"eval.completions: {file} line {line_no} is not JSON ({exc.msg})") from None
+        items = jsonl_records(text, file, "eval.completions")
     rows, completions = [], []
     for i, (where, rec) in enumerate(items):
         text_out = rec.get("completion", rec.get("model_output")) if isinstance(rec, dict) else None
@@ -55,8 +51,6 @@ def _row(index: int, rec: dict[str, Any]) -> dict[str, Any]:
     question = rec.get("question")
     if isinstance(question, dict):  # R1-V logs the whole test row under "question"
         question = question.get("question")
-    gt = rec["ground_truth"]
-    return {"index": index, "question": question, "ground_truth": gt,
-            # The training rewards read the R1-V solution form (a ground truth already in tags stays as is).
-            "solution": gt if isinstance(gt, str) and "<answer>" in gt else f"<answer> {gt} </answer>",
+    return {"index": index, "question": question, "ground_truth": rec["ground_truth"],
+            "solution": solution_of(rec["ground_truth"]),
             "prompt": [{"role": "user", "content": [{"type": "text", "text": str(question or "")}]}]}

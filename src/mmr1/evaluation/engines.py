@@ -14,10 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mmr1.data.images import PixelLimits
+from mmr1.data.images import FACTOR, PixelLimits
 from mmr1.models import load_processor
 from mmr1.models.generation import generate, row_images, server_generate
-from mmr1.rollout.vllm_engine import engine_options, vllm_build
+from mmr1.rollout.vllm_engine import engine_options, vllm_build, with_clips
 
 log = logging.getLogger("mmr1.evaluate")
 BACKENDS = ("auto", "hf", "vllm")
@@ -66,7 +66,7 @@ def _engine(cfg: DictConfig, model_path: str, proc_path: str, limits: PixelLimit
 
     options = engine_options(cfg)
     options["mm_processor_kwargs"] = {"min_pixels": limits.min_pixels, "max_pixels": limits.max_pixels}
-    max_len = cfg.eval.max_model_len or max_new + limits.max_pixels // (28 * 28) + 1024
+    max_len = cfg.eval.max_model_len or max_new + limits.max_pixels // (FACTOR * FACTOR) + 1024
     model_max = _max_positions(Path(model_path))
     if model_max is not None:
         max_len = min(max_len, model_max)
@@ -89,10 +89,9 @@ def _max_positions(model_dir: Path) -> int | None:
 
 
 def _media(row: dict) -> dict[str, Any]:
-    """A row's images, and its clips as (frames, metadata) pairs (mmr1.rollout.colocate.with_clips's form)."""
-    from mmr1.rollout.colocate import with_clips
-
-    media = {"image": row_images(row)} if row_images(row) else {}
+    """A row's images, and its clips as (frames, metadata) pairs (mmr1.rollout.vllm_engine.with_clips's form)."""
+    images = row_images(row)
+    media = {"image": images} if images else {}
     return with_clips([{"multi_modal_data": media}], [list(row.get("videos") or [])])[0]["multi_modal_data"]
 
 

@@ -41,12 +41,14 @@ def benchmark_summary(bench: BenchmarkConfig, rows: list[dict], completions: lis
     return out
 
 
-def published_line(bench: BenchmarkConfig) -> str:
-    """The baselines in one line: ``Qwen2.5-VL-3B-Instruct 0.354 -> 0.475 (GRPO, 1 epoch ...)``."""
+def published(baselines: list[dict[str, Any]], training: bool = False) -> str:
+    """eval.json's baselines in one line: ``Qwen2-VL-2B-Instruct 0.480 -> 0.825`` each, with what "after" trained
+    on in brackets when ``training``."""
     def num(x: float | None) -> str:
         return "?" if x is None else f"{x:.3f}"
 
-    return "; ".join(f"{b.model} {num(b.before)} -> {num(b.after)} ({b.training})" for b in bench.baselines)
+    return "; ".join(f"{b.get('model')} {num(b.get('before'))} -> {num(b.get('after'))}"
+                     + (f" ({b.get('training')})" if training else "") for b in baselines)
 
 
 def is_benchmark(bench: BenchmarkConfig) -> bool:

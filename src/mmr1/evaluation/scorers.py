@@ -2,8 +2,9 @@
 
 A scorer is ``fn(completion, ground_truth) -> (extracted, correct)``. Each reproduces one script line for line,
 failure cases included (they are the protocol too: a baseline was measured with them); the tests run each on the
-edge cases its code implies (tests/eval/test_benchmark_scorers.py). ``reward`` (the training accuracy reward) is
-not here: it needs the reward functions, and mmr1.evaluate applies it to every benchmark beside the authors' score.
+edge cases its code implies, against a verbatim copy of R1-V's functions (tests/eval/test_benchmarks.py).
+``reward`` (the training accuracy reward) is not here: it needs the reward functions, and mmr1.evaluate applies it
+to every benchmark beside the authors' score.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import json
 import logging
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from mmr1.evaluation.config import BenchmarkConfig, Prompt
 from mmr1.models.tiny import cache_root
@@ -45,23 +46,36 @@ def test_file(bench: BenchmarkConfig) -> Path:
     return dst
 
 
+def jsonl_records(text: str, path: Path, what: str) -> list[tuple[str, Any]]:
+    """Every non-blank line of a jsonl text as ``(where, record)``; a line that is not JSON stops, naming ``what``,
+    the file and the line."""
+    out = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((f"{path} line {line_no}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{what}: {path} line {line_no} is not JSON ({exc.msg})") from None
+    return out
+
+
+def solution_of(ground_truth: Any) -> str:
+    """A ground truth in R1-V's training solution form (``<answer> 140° </answer>``), so the training rewards can
+    score the row too; one already in that form stays as it is."""
+    if isinstance(ground_truth, str) and "<answer>" in ground_truth:
+        return ground_truth
+    return f"<answer> {ground_truth} </answer>"
+
+
 def read_records(path: Path, size: int | None, name: str) -> list[dict]:
     """The file's records (jsonl, or a json list), each checked for the fields the protocol reads."""
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        records = json.loads(text)
-        where = [f"{path} item {i}" for i in range(len(records))]
+        items = [(f"{path} item {i}", rec) for i, rec in enumerate(json.loads(text))]
     else:
-        records, where = [], []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"benchmark {name!r}: {path} line {line_no} is not JSON ({exc.msg})") from None
-            where.append(f"{path} line {line_no}")
-    for rec, at in zip(records, where, strict=True):
+        items = jsonl_records(text, path, f"benchmark {name!r}")
+    records = [rec for _, rec in items]
+    for at, rec in items:
         missing = [k for k in FIELDS if not isinstance(rec, dict) or rec.get(k) in (None, "")]
         if missing:
             raise ValueError(f"benchmark {name!r}: {at} has no {missing} (want {list(FIELDS)})")
@@ -107,8 +121,7 @@ def load_rows(bench: BenchmarkConfig, *, system_prompt: str, query_suffix: str, 
         rows.append({"index": i, "question": question, "ground_truth": rec["ground_truth"],
                      "image_path": str(image), "image": {"path": str(image), "bytes": None},
                      "prompt": prompt_messages(bench, question, system_prompt, query_suffix),
-                     # The R1-V training solution form, so the training rewards can score the row too.
-                     "solution": f"<answer> {rec['ground_truth']} </answer>"})
+                     "solution": solution_of(rec["ground_truth"])})
     return rows
 
 

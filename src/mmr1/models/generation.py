@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from mmr1.data.config import VideoConfig
+from mmr1.data.videos import processor_video_kwargs
+
 
 def to_pil(image: Any):
     """PIL from a PIL image or a datasets ``{"bytes", "path"}`` dict."""
@@ -32,9 +35,6 @@ def media_inputs(rows: list[dict], video: Any = None) -> dict[str, Any]:
         out["images"] = images
     clips = [c for r in rows for c in (r.get("videos") or [])]
     if clips:
-        from mmr1.data.config import VideoConfig
-        from mmr1.data.videos import processor_video_kwargs
-
         out["videos"] = [c.frames for c in clips]
         out["videos_kwargs"] = processor_video_kwargs(clips, video or VideoConfig())
     return out

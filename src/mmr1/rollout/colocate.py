@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mmr1.internals import colocate_llm_factory, replace_vllm_sync, vllm_weights
-from mmr1.rollout.vllm_engine import collapse_placeholders, engine_options
+from mmr1.rollout.vllm_engine import collapse_placeholders, engine_options, with_clips
 
 log = logging.getLogger("mmr1.rollout")
 
@@ -41,26 +41,6 @@ def colocate_engine(cfg: DictConfig, processor: Any) -> Iterator[dict[str, Any]]
 # The clips of the prompts being generated, one list per prompt in TRL's order (set by mmr1.trainer.grpo around a
 # generation round): TRL hands vLLM only images (trl/generation/vllm_generation.py builds {"image": ...}).
 ROLLOUT_CLIPS: ContextVar[list | None] = ContextVar("mmr1_rollout_clips", default=None)
-
-
-def with_clips(prompts: list, clips: list | None) -> list:
-    """Each prompt with its clips as vLLM's ``multi_modal_data["video"]``: ``(frames, metadata)`` pairs (vLLM 0.31's
-    Qwen2.5-VL parser requires the metadata, ``video_needs_metadata=True`` in vllm/model_executor/models/
-    qwen2_5_vl.py; the frames are mmr1's, already sampled: ``do_sample_frames`` false)."""
-    if clips is None:
-        return prompts
-    if len(clips) != len(prompts):
-        raise RuntimeError(f"vLLM got {len(prompts)} prompts for {len(clips)} rows of clips: TRL's colocate "
-                           "generation no longer sends one prompt per row (mmr1.rollout.colocate)")
-    out = []
-    for p, row in zip(prompts, clips, strict=True):
-        if row:
-            videos = [(c.frames, {**c.metadata, "duration": c.total_frames / c.source_fps, "do_sample_frames": False})
-                      for c in row]
-            p = {**p, "multi_modal_data": {**(p.get("multi_modal_data") or {}),
-                                           "video": videos if len(videos) > 1 else videos[0]}}
-        out.append(p)
-    return out
 
 
 def _engine(real: Any, options: dict[str, Any], placeholders: set[int], *args: Any, **kwargs: Any) -> Any:

@@ -105,3 +105,23 @@ def collapse_placeholders(prompt_ids: list[int], placeholders: set[int]) -> list
         if not (token in placeholders and out and out[-1] == token):
             out.append(token)
     return out
+
+
+def with_clips(prompts: list, clips: list | None) -> list:
+    """Each prompt with its clips as vLLM's ``multi_modal_data["video"]``: ``(frames, metadata)`` pairs (vLLM 0.31's
+    Qwen2.5-VL parser requires the metadata, ``video_needs_metadata=True`` in vllm/model_executor/models/
+    qwen2_5_vl.py; the frames are mmr1's, already sampled: ``do_sample_frames`` false)."""
+    if clips is None:
+        return prompts
+    if len(clips) != len(prompts):
+        raise RuntimeError(f"vLLM got {len(prompts)} prompts for {len(clips)} rows of clips: TRL's colocate "
+                           "generation no longer sends one prompt per row (mmr1.rollout.colocate)")
+    out = []
+    for p, row in zip(prompts, clips, strict=True):
+        if row:
+            videos = [(c.frames, {**c.metadata, "duration": c.total_frames / c.source_fps, "do_sample_frames": False})
+                      for c in row]
+            p = {**p, "multi_modal_data": {**(p.get("multi_modal_data") or {}),
+                                           "video": videos if len(videos) > 1 else videos[0]}}
+        out.append(p)
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmr1.config.typed import container
+from mmr1.evaluation.protocol import published
 from mmr1.sweep.naming import point_overrides, short_label, swept_keys
 from mmr1.sweep.status import RunRecord, find_runs, read_run, status_cell
 from mmr1.tracking.per_task import reward_key, task_names
@@ -111,20 +112,12 @@ def summarize(rec: RunRecord, label: str) -> dict[str, Any]:
         bench = (rec.eval_json.get("benchmark") or {}).get("name")
         row["eval_acc"], row["eval_step"] = rec.eval_json["accuracy"], bench or "eval.json"
         if rec.eval_json.get("baselines"):  # a benchmark's published numbers, beside the run's score
-            row["published"] = published_cell(rec.eval_json["baselines"])
+            row["published"] = published(rec.eval_json["baselines"])
     elif acc:
         xs, ys = series(rec.eval_metrics, f"eval_rewards/{acc}/mean")
         if ys:
             row["eval_acc"], row["eval_step"] = ys[-1], xs[-1]
     return row
-
-
-def published_cell(baselines: list[dict]) -> str:
-    """``Qwen2-VL-2B-Instruct 0.480 -> 0.825`` per published baseline (eval.json's, mmr1.evaluation.protocol)."""
-    def num(x: Any) -> str:
-        return "?" if x is None else f"{x:.3f}"
-
-    return "; ".join(f"{b.get('model')} {num(b.get('before'))} -> {num(b.get('after'))}" for b in baselines)
 
 
 def point_overrides_for(runs: list[RunRecord], sweep_dir: Path) -> list[list[str]]:

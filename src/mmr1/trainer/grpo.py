@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
+from mmr1.data.config import VideoConfig
 from mmr1.internals import GRPOHooks
 from mmr1.rollout.colocate import ROLLOUT_CLIPS
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
@@ -69,8 +70,6 @@ class Mmr1GRPOTrainer(GRPOHooks):
     def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
                  dynamic_sampling_max_batches: int = 1, banned_token_ids: set[int] | None = None,
                  video: Any = None, **kwargs: Any) -> None:
-        from mmr1.data.config import VideoConfig
-
         self.context_length = context_length
         # Clips (a dataset's `videos`): their frame bounds, and the batch's clips / video tensors while a round
         # generates and scores them, or while the loss runs (mmr1.trainer.video).
@@ -175,7 +174,9 @@ class Mmr1GRPOTrainer(GRPOHooks):
         """TRL's loss; a batch with clips feeds their video tensors (``inputs["videos"]``) to its forward."""
         rows = inputs.get("videos") if isinstance(inputs, dict) else None
         video_id = getattr(self.processing_class, "video_token_id", None)
-        if rows is None and video_id is not None and bool((inputs["prompt_ids"] == video_id).any()):
+        # Checked only for a dataset with clips: the comparison syncs the device once per micro-step.
+        if (rows is None and video_id is not None and "videos" in getattr(self.train_dataset, "column_names", ())
+                and bool((inputs["prompt_ids"] == video_id).any())):
             raise RuntimeError("a loss batch holds video tokens without their frames (inputs['videos']): TRL's batch "
                                "layout changed under mmr1.trainer.video")
         self._video_rows = rows
