@@ -9,9 +9,9 @@ says which accessor to rewrite, instead of a run that silently trains on somethi
 Three kinds of access:
 
 - ``GRPOHooks``: TRL's ``GRPOTrainer`` with the private rollout steps mmr1 changes routed to named hooks
-  (``generate_turn``, ``score``, ``generate_and_score``, ``tokenize``, ``logps_context``) and its private state
-  behind properties; mmr1's trainer
-  (``mmr1.trainer.grpo``) subclasses it and overrides only public names.
+  (``generate_turn``, ``completions_made``, ``score``, ``generate_and_score``, ``tokenize``, ``logps_context``) and
+  its private state behind properties; mmr1's trainer (``mmr1.trainer.grpo``) subclasses it and overrides only public
+  names.
 - Functions on a built trainer: the generation-cycle state a resume restores, the checkpoint save/load hooks,
   the callback order, arguments changed after construction, TRL's sampler, torch's scheduler.
 - TRL's vLLM integration: the colocate engine's constructor, the weight-sync iterator and whether it merges LoRA.
@@ -27,6 +27,10 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
+# trl/chat_template_utils.py: TRL's reading of a generated turn (tool calls parsed, a malformed one kept as text) and
+# its response template for Qwen's tool-call format; mmr1.rollout.tools reads turns outside GRPO the same way.
+from trl.chat_template_utils import parse_response  # noqa: F401 - re-exported
+
 # trl/trainer/utils.py: helpers TRL does not export from its top level. Re-exported here so that a move upstream
 # breaks one import, not several (mmr1.trainer.dynamic_sampling uses them on TRL's own batch layout).
 from trl.trainer.utils import (  # noqa: F401 - re-exported
@@ -35,6 +39,16 @@ from trl.trainer.utils import (  # noqa: F401 - re-exported
     split_pixel_values_by_grid,
     unsplit_pixel_values_by_grid,
 )
+
+
+def qwen_response_template() -> dict[str, Any]:
+    """A copy of TRL's response template for Qwen's ``<tool_call>`` format (``qwen3_template``)."""
+    import copy
+
+    from trl.chat_template_utils import qwen3_template
+
+    return copy.deepcopy(qwen3_template)
+
 
 # --- GRPOTrainer -----------------------------------------------------------------------------------------------
 
@@ -56,6 +70,9 @@ class GRPOHooks(GRPOTrainer):
     def score(self, calculate: Callable[[], torch.Tensor], inputs: list[dict]) -> torch.Tensor:
         """The rewards of a batch, gathered from every rank: ``calculate()`` runs TRL's ``_calculate_rewards``."""
         return calculate()
+
+    def completions_made(self, completions: list) -> None:
+        """A batch's completions as TRL parsed them (messages: several turns with tools), just before scoring."""
 
     def generate_and_score(self, run: Callable[[list], dict[str, Any]], inputs: list) -> dict[str, Any]:
         """One generation round (``_prepare_inputs`` calls it once per round): ``run(rows)`` is TRL's whole
@@ -83,6 +100,7 @@ class GRPOHooks(GRPOTrainer):
         def calculate() -> torch.Tensor:
             return super(GRPOHooks, self)._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
+        self.completions_made(completions)
         return self.score(calculate, inputs)
 
     def _generate_and_score_completions(self, inputs):

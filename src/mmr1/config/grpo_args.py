@@ -184,6 +184,10 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "use_vllm": r.backend == "vllm",
         "vllm_importance_sampling_correction": r.importance_sampling_correction,
     }
+    if r.get("tools"):
+        if int(r.max_tool_calls) < 1:
+            raise ValueError(f"rollout.max_tool_calls={r.max_tool_calls}: must be >= 1 with rollout.tools set")
+        out["max_tool_calling_iterations"] = int(r.max_tool_calls)
     if r.backend == "hf":
         if r.cache_implementation is not None:
             out["cache_implementation"] = r.cache_implementation

@@ -149,6 +149,21 @@ class RolloutConfig:
     # backend=hf: transformers' KV cache ("static" preallocates it: on a CPU 3.7x faster than the dynamic
     # cache's per-token concatenation for 96 sequences x 200 tokens; null = transformers' default).
     cache_implementation: str | None = None
+    # Tools the model may call mid-answer (mmr1.rollout.tools): built-in names (crop), 'pkg.module:function' or
+    # 'file.py:function', each a plain function with type hints and a Google docstring (TRL's tool signature).
+    # Empty: single-turn rollouts, as the seed.
+    tools: list[str] = field(default_factory=list)
+    # Tool calls per completion, at most (TRL's max_tool_calling_iterations; a further call gets an error message).
+    # The completion budget (trainer.max_completion_length) holds the tool results too: the pre-flight checks it
+    # covers max_tool_calls tool images.
+    max_tool_calls: int = 1
+    # One call's wall clock, and all calls of one generation round together: a hung tool costs its rollout an error,
+    # never the step (mmr1.rollout.tools.runner). The reward sandbox's defaults (reward.timeout_s, batch_timeout_s).
+    tool_timeout_s: float = 10.0
+    tool_round_timeout_s: float = 60.0
+    tool_workers: int = 2
+    # A tool image's pixel bound (smart_resize); null: model.max_pixels, the prompt images' own.
+    tool_image_max_pixels: int | None = None
 
 
 @dataclass

@@ -97,6 +97,9 @@ class DatasetConfig:
     # Decoded images kept in memory per process so the num_generations copies of a prompt (and later epochs)
     # reuse one decode; bounded because 8k images at MAX_PIXELS would not fit many ranks' host RAM.
     image_cache_mb: int = 1024
+    # Keep each resized image's source (encoded, in `source_images`) for tools that look closer than the prompt's
+    # resolution (rollout.tools=[crop]); a row whose image was not resized keeps none (its image is the source).
+    keep_source_images: bool = False
     # A task mixture (mmr1.data.mixture; conf/dataset/synthetic_mix.yaml): the tasks, each a dataset node of
     # its own composed from its YAML (`defaults: [clevr_count@tasks.clevr_count, ...]`), so every row keeps its
     # task's source, prompt suffix, system prompt and solution format. Empty = this node is one task.

@@ -30,6 +30,7 @@ from mmr1.data.images import (
     PixelLimits,
     image_tokens,
     resolve_pixel_limits,
+    source_bytes,
 )
 from mmr1.data.sources import SOURCES
 from mmr1.data.swift_format import SwiftRowError, image_cells, is_swift_format, swift_prompt, video_cells
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 REQUIRED = ("problem", "solution")
 # Columns mmr1 writes (a source column of the same name is dropped).
 ADDED = ("prompt", "image", "image_id", "image_size_before", "images", "image_ids", "image_sizes_before",
-         "image_tokens", "source_row", "videos", "video_ids", "video")
+         "image_tokens", "source_row", "videos", "video_ids", "video", "source_images")
 MAX_REPORTED = 10  # skipped indices/reasons kept in stats and logs
 
 
@@ -143,7 +144,7 @@ def _iter_source(rows: Any, order: list[int]):
 
 def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix: str,
                   resizer: ImageResizer, base_dir: Any, cache: DecodedImageCache, bad: _BadRows,
-                  clips: ClipStore) -> dict | None:
+                  clips: ClipStore, keep_sources: bool = False) -> dict | None:
     """One source row as training sees it (prompt messages, resized images, their token cost), or None when
     ``bad`` recorded it (a malformed ms-swift row, an unreadable image)."""
     try:
@@ -173,6 +174,8 @@ def _prepared_row(index: int, row: dict, swift: bool, system_prompt: str, suffix
         "prompt": messages,
         "images": [{"bytes": img["bytes"], "path": None} for img in imgs],
         "image_ids": [img["id"] for img in imgs],
+        **({"source_images": [source_bytes(cell, base_dir) if img["size_before"] != img["size_after"] else None
+                              for cell, img in zip(cells, imgs, strict=True)]} if keep_sources else {}),
         "image_sizes_before": [list(img["size_before"]) for img in imgs],
         **({"videos": [v["cell"] for v in videos], "video_ids": [v["id"] for v in videos]} if videos else {}),
         # What the pre-flight measures: this row's own images' and clips' cost (all of them), and the row to name.
@@ -235,7 +238,8 @@ def build_datasets(
     cache = DecodedImageCache(cfg.image_cache_mb * 2**20, clips=clips)
     out: list[dict] = []
     for index, row in _iter_source(raw, order):
-        prepared = _prepared_row(index, row, swift, system_prompt, suffix, resizer, base_dir, cache, bad, clips)
+        prepared = _prepared_row(index, row, swift, system_prompt, suffix, resizer, base_dir, cache, bad, clips,
+                                 keep_sources=cfg.keep_source_images)
         if prepared is not None:
             out.append(prepared)
     _refuse_mixed_media(name, out)

@@ -134,6 +134,17 @@ def _source_bytes(value: Any, base_dir: str | Path | None) -> tuple[bytes | None
     raise BadImage(f"no image (got {type(value).__name__})")
 
 
+def source_bytes(value: Any, base_dir: str | Path | None = None) -> bytes:
+    """An image cell's encoded source (a PIL image encoded as PNG): what a tool crops at full resolution."""
+    raw, pil, _ = _source_bytes(value, base_dir)
+    if raw is not None:
+        return raw
+    assert pil is not None  # _source_bytes gives bytes or a PIL image
+    buf = io.BytesIO()
+    pil.convert("RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 class ImageResizer:
     """Decode + check + RGB + smart_resize, once per unique image content; counts the work.
 

@@ -47,6 +47,20 @@ class Report:
     longest_image: int = 0
     completion_cap: int | None = None  # completion tokens left by the context for the longest prompt
     skipped: dict[str, list[int]] = field(default_factory=dict)  # split -> source rows dropped
+    tool_response_tokens: int = 0  # rollout.tools: the most one completion's tool responses can add
+
+
+@dataclass(frozen=True)
+class ToolBudget:
+    """rollout.tools: ``calls`` tool responses per completion at most, each up to ``per_call`` tokens (its image at
+    the tool image bound, and the template's wrapping)."""
+
+    calls: int
+    per_call: int
+
+    @property
+    def total(self) -> int:
+        return self.calls * self.per_call
 
 
 def _user_texts(messages: list[dict]) -> list[str]:
@@ -72,14 +86,15 @@ def _shape(messages: list[dict]) -> tuple:
     return tuple((m["role"], key(m["content"], m["role"] == "system")) for m in messages)
 
 
-def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
+def _text_tokens(processing_class: Any, messages: list[dict], tools: list | None = None) -> int:
     """Text tokens of the rendered chat prompt, not counting image or video placeholders (one token each)."""
     tok = getattr(processing_class, "tokenizer", processing_class)
     n_images = sum(1 for m in messages if not isinstance(m["content"], str)
                    for p in m["content"] if p.get("type") in ("image", "video"))
     if getattr(processing_class, "chat_template", None) or getattr(tok, "chat_template", None):
         renderer = processing_class if hasattr(processing_class, "apply_chat_template") else tok
-        text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                            **({"tools": tools} if tools else {}))
         return len(tok(text, add_special_tokens=False)["input_ids"]) - n_images
     # No chat template (a bare tokenizer in tests): the text parts only.
     parts = [m["content"] if isinstance(m["content"], str) else " ".join(p["text"] for p in m["content"]
@@ -87,12 +102,12 @@ def _text_tokens(processing_class: Any, messages: list[dict]) -> int:
     return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in parts)
 
 
-def _scaffold_tokens(processing_class: Any, messages: list[dict]) -> int:
+def _scaffold_tokens(processing_class: Any, messages: list[dict], tools: list | None = None) -> int:
     """The template, system prompt and image markers alone: the row with its other text emptied."""
     empty = [m if m["role"] == "system" else {**m, "content": [
         p for p in ([] if isinstance(m["content"], str) else m["content"]) if p.get("type") in ("image", "video")]
         + [{"type": "text", "text": ""}]} for m in messages]
-    return _text_tokens(processing_class, empty)
+    return _text_tokens(processing_class, empty, tools)
 
 
 def _bounds(max_length: int | None, context: int | None) -> list[Bound]:
@@ -108,7 +123,8 @@ def _bounds(max_length: int | None, context: int | None) -> list[Bound]:
 Over = tuple[int, int, int, int]  # (position in the split, source row, text tokens, image tokens)
 
 
-def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Report) -> list[Over]:
+def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Report,
+                 tools: list | None = None) -> list[Over]:
     """Return (position, source row, text tokens, image tokens) of every prompt over a bound."""
     cols = ds.with_format(None).select_columns(["prompt", "image_tokens", "source_row"])[:]  # no image decode
     prompts, images, rows = cols["prompt"], cols["image_tokens"], cols["source_row"]
@@ -117,7 +133,7 @@ def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Re
     for p, img in zip(prompts, images, strict=True):
         key = _shape(p)
         if key not in scaffolds:
-            scaffolds[key] = _scaffold_tokens(processing_class, p)
+            scaffolds[key] = _scaffold_tokens(processing_class, p, tools)
         texts = _user_texts(p)
         # An upper bound per row without rendering it: a byte-level BPE token covers at least one byte, and
         # a merge across each text part's boundaries adds at most BOUNDARY_SLACK. `img` counts every image.
@@ -129,7 +145,7 @@ def _check_split(processing_class: Any, ds: Any, bounds: list[Bound], report: Re
         exact = sorted(set(exact) | {i for i, u in enumerate(upper) if u > limit})
     over = []
     for i in exact:
-        text = _text_tokens(processing_class, prompts[i])
+        text = _text_tokens(processing_class, prompts[i], tools)
         total = text + images[i]
         if total > report.longest_prompt:
             report.longest_prompt, report.longest_text, report.longest_image = total, text, images[i]
@@ -152,18 +168,26 @@ def _message(dataset: str, split: str, over: list, n: int, bounds: list[Bound]) 
 
 
 def preflight(processing_class: Any, bundle: Any, *, max_length: int | None, context: int | None,
-              max_completion_length: int, skip: bool = False) -> Report:
+              max_completion_length: int, skip: bool = False, tools: list | None = None,
+              tool_budget: ToolBudget | None = None) -> Report:
     """Check every train and eval prompt of ``bundle`` (a DataBundle) against the bounds; with ``skip``
     drop the rows over a bound from ``bundle`` in place (counted in ``bundle.stats``), else raise
-    ValueError naming the first such row and the config key. Returns the longest prompt's parts."""
+    ValueError naming the first such row and the config key. Returns the longest prompt's parts.
+
+    ``tools`` (rollout.tools' schemas): prompts are measured as rendered with them (the system turn lists them).
+    ``tool_budget``: what the tool responses of one completion may cost, which trainer.max_completion_length must
+    hold with room left for the model's own turns (TRL counts tool tokens in the completion)."""
     bounds = _bounds(max_length, context)
     report = Report()
+    if tool_budget is not None:
+        _check_tool_budget(tool_budget, max_completion_length)
+        report.tool_response_tokens = tool_budget.total
     dataset = bundle.stats.get("dataset", "?")
     for split in ("train", "eval"):
         ds = getattr(bundle, split)
         if ds is None or len(ds) == 0:
             continue
-        over = _check_split(processing_class, ds, bounds, report)
+        over = _check_split(processing_class, ds, bounds, report, tools)
         if not over:
             continue
         # A mixture's rows carry their task (mmr1.data.mixture): name it with the row.
@@ -192,6 +216,30 @@ def preflight(processing_class: Any, bundle: Any, *, max_length: int | None, con
              report.longest_prompt, report.longest_text, report.longest_image,
              {b.key: b.max_prompt_tokens for b in bounds} or "none")
     return report
+
+
+MIN_OWN_TOKENS = 16  # the model's own turns: a call and an answer need at least this much besides the tool responses
+
+
+def _check_tool_budget(budget: ToolBudget, max_completion_length: int) -> None:
+    """The completion budget must hold every tool response a completion can get and still leave the model room to
+    answer: else every tool-using rollout would end cut, mid-way (and TRL drops a response that would not fit).
+
+    >>> _check_tool_budget(ToolBudget(calls=1, per_call=60), 160)
+    >>> _check_tool_budget(ToolBudget(calls=2, per_call=60), 128)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: pre-flight: trainer.max_completion_length=128 cannot hold rollout.max_tool_calls=2 tool responses ...
+    """
+    need = budget.total + MIN_OWN_TOKENS
+    if max_completion_length < need:
+        raise ValueError(
+            f"pre-flight: trainer.max_completion_length={max_completion_length} cannot hold rollout.max_tool_calls="
+            f"{budget.calls} tool responses of up to {budget.per_call} tokens each ({budget.total}) and the model's "
+            f"own turns (at least {MIN_OWN_TOKENS} more); raise trainer.max_completion_length to {need}, or lower "
+            "rollout.max_tool_calls or rollout.tool_image_max_pixels")
+    log.info("pre-flight: tool responses take up to %d of trainer.max_completion_length=%d tokens "
+             "(rollout.max_tool_calls=%d x %d)", budget.total, max_completion_length, budget.calls, budget.per_call)
 
 
 def data_skips_long_prompts(dataset_cfg: Any) -> bool:

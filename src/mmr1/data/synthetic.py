@@ -275,3 +275,42 @@ def synthetic_video_count(num_samples: int, seed: int, image_size: int | None = 
             frames.append(frame)
         rows.append({"videos": [frames], "problem": VIDEO_COUNT_PROBLEM, "solution": f"<answer> {k} </answer>"})
     return rows
+
+
+ZOOM_PROBLEM = "How many items are there in the grey square?"
+ZOOM_GREY = (200, 200, 200)
+
+
+@GENERATORS.register("synthetic_zoom_count")
+def synthetic_zoom_count(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
+    """A task that needs a closer look (``rollout.tools=[crop]``): a 252x252 scene of 3x3 tiles, one of them grey and
+    holding synthetic_count's layout (1-3 objects, one per 28x28 cell). Seen at the zoom experiment's 84x84
+    (``model.max_pixels=7056``) the grey tile is one image token and its objects 5-7 px specks; cropped from the
+    source, it is an 84x84 synthetic_count scene of 9 tokens, which the tiny model learns to count. ``zoom_box``:
+    the grey tile in source pixels (what an expert crops: the warm-start's tool-call transcripts).
+
+    >>> row = synthetic_zoom_count(1, seed=0)[0]
+    >>> row["image"].size, row["problem"], row["zoom_box"][2] - row["zoom_box"][0]
+    ((252, 252), 'How many items are there in the grey square?', 84)
+    >>> row["image"].crop(row["zoom_box"]).getpixel((0, 0)) == ZOOM_GREY
+    True
+    """
+    tile = 84
+    side = image_size or 3 * tile
+    rows = []
+    for i in range(num_samples):
+        rng = _rng(seed, i)
+        k = rng.randint(1, 3)
+        n = side // tile
+        col, row = rng.randrange(n), rng.randrange(n)
+        scene = Image.new("RGB", (side, side), (255, 255, 255))
+        objects = _grid_scene(rng, tile, k)
+        # The tile's white becomes grey: visible at any resolution, so the model can tell where to look.
+        mask = objects.convert("L").point(lambda v: 255 if v < 250 else 0)
+        grey = Image.new("RGB", (tile, tile), ZOOM_GREY)
+        grey.paste(objects, (0, 0), mask)
+        box = (col * tile, row * tile, (col + 1) * tile, (row + 1) * tile)
+        scene.paste(grey, box[:2])
+        rows.append({"image": scene, "problem": ZOOM_PROBLEM, "solution": f"<answer> {k} </answer>",
+                     "zoom_box": list(box)})
+    return rows

@@ -17,6 +17,9 @@ from omegaconf import DictConfig
 from mmr1.data.images import FACTOR, PixelLimits
 from mmr1.models import load_processor
 from mmr1.models.generation import generate, row_images, server_generate
+from mmr1.rollout.tools.settings import tool_runner
+from mmr1.rollout.tools.template import enable_tools
+from mmr1.rollout.tools.transcripts import generate_with_tools
 from mmr1.rollout.vllm_engine import engine_options, vllm_build, with_clips
 
 log = logging.getLogger("mmr1.evaluate")
@@ -41,6 +44,12 @@ def make_generator(cfg: DictConfig, model_path: str, proc_path: str, limits: Pix
     kind = backend(ev)
     processor = load_processor(proc_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels,
                                trust_remote_code=cfg.model.trust_remote_code)
+    runner = tool_runner(cfg, limits)
+    if runner is not None:  # rollout.tools: the tools run between turns, in transformers' generate
+        if kind != "hf" and (ev.backend != "auto" or ev.server_url):
+            raise ValueError("rollout.tools: mmr1.evaluate runs the tool loop with transformers only "
+                             "(eval.backend=hf; its vLLM and server engines generate single turns)")
+        kind = "hf"
     if kind == "server":
         from trl.generation.vllm_client import VLLMClient
 
@@ -55,6 +64,8 @@ def make_generator(cfg: DictConfig, model_path: str, proc_path: str, limits: Pix
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ev.device == "auto" else ev.device
     model = load_model(model_path, cfg.model).to(device).eval()
+    if runner is not None:
+        return functools.partial(generate_with_tools, model, enable_tools(processor), runner)
     return functools.partial(generate, model, processor, video=cfg.model.video)
 
 

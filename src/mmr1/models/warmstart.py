@@ -28,6 +28,7 @@ from mmr1.data import build_datasets
 from mmr1.models.generation import generate
 from mmr1.models.tiny import build_lock, cache_root
 from mmr1.rewards import get as get_reward
+from mmr1.rollout.tools.settings import tool_runner
 from mmr1.tracking.quiet import weight_bars_off
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ def _recipe(cfg: DictConfig, base_path: str, limits) -> dict[str, Any]:
         "warmstart": OmegaConf.to_container(cfg.model.warmstart, resolve=True),
         "task": {k: dataset.get(k) for k in ("name", "generator", "image_size", "query_suffix", "system_prompt")},
         **({"tasks": dataset["tasks"]} if dataset.get("tasks") else {}),  # a mixture: its tasks and weights
+        # Tool-call transcripts (rollout.tools): their tools, bounds and the completion budget the gate generates in.
+        **({"tools": {"entries": list(cfg.rollout.tools), "max_tool_calls": cfg.rollout.max_tool_calls,
+                      "tool_image_max_pixels": cfg.rollout.tool_image_max_pixels,
+                      "max_completion_length": cfg.trainer.max_completion_length}}
+           if cfg.rollout.get("tools") else {}),
         "pixels": [limits.min_pixels, limits.max_pixels],
     }
 
@@ -103,11 +109,17 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     import datasets
     import torch
     from transformers import AutoModelForImageTextToText
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     ws = cfg.model.warmstart
     ds_cfg = warmstart_data_cfg(warmstart_dataset(cfg), ws)
     data = build_datasets(ds_cfg, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels, seed=ws.seed)
+    runner = tool_runner(cfg, limits)
+    if runner is not None:  # rollout.tools: the SFT learns whole tool-call transcripts (mmr1.rollout.tools.transcripts)
+        try:
+            return _tool_warmstart(cfg, base_path, processor, data, runner, out)
+        finally:
+            runner.close()
     # `image` or `images` (several per prompt, mmr1.data.datasets): TRL's SFTTrainer reads both.
     pics = [k for k in ("image", "images") if k in data.train.column_names]
     rows = [{"prompt": r["prompt"], **{k: r[k] for k in pics},
@@ -122,17 +134,68 @@ def run_warmstart(cfg: DictConfig, base_path: str, processor, limits, out: Path)
     model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
     gate = AccuracyGate(processor, gate_rows, ws)
     tmp = Path(tempfile.mkdtemp(prefix="mmr1-warmstart-"))
+    args = _sft_args(ws, tmp, completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
+                         callbacks=[gate])
+    return _train_and_publish(trainer, model, processor, gate, base_path, out, tmp)
+
+
+def _sft_args(ws: Any, tmp: Path, **extra: Any) -> Any:
+    import torch
+    from trl import SFTConfig
+
     checkpointing: dict[str, Any] = {checkpointing_field(): False}  # the installed transformers' name for it
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(tmp), max_steps=ws.max_steps, per_device_train_batch_size=ws.batch_size,
         learning_rate=ws.learning_rate, warmup_steps=ws.warmup_steps, lr_scheduler_type="constant_with_warmup",
         logging_steps=25, save_strategy="no", report_to="none", bf16=False,
-        completion_only_loss=True, max_length=None, seed=ws.seed, dataloader_num_workers=0, disable_tqdm=True,
+        max_length=None, seed=ws.seed, dataloader_num_workers=0, disable_tqdm=True,
         dataloader_pin_memory=torch.accelerator.is_available(),  # torch warns about pinning without an accelerator
-        **checkpointing,
+        **checkpointing, **extra,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
-                         callbacks=[gate])
+
+
+def _tool_warmstart(cfg: DictConfig, base_path: str, processor, data, runner, out: Path) -> dict[str, Any]:
+    """The SFT on tool-call transcripts: crop where the row's ``zoom_box`` says, read the crop, answer; only the
+    model's turns are learnt. transformers' Trainer on the pre-tokenized transcripts (TRL's SFTTrainer renders no
+    tool responses with images)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForImageTextToText, Trainer
+
+    from mmr1.rollout.tools.template import enable_tools
+    from mmr1.rollout.tools.transcripts import (
+        TranscriptCollator,
+        conversation_images,
+        expert_turns,
+        transcript_features,
+        with_images,
+    )
+
+    ws = cfg.model.warmstart
+    enable_tools(processor)
+    schemas = [s.schema for s in runner.specs]
+    rows = []
+    for r in data.train:
+        messages = with_images(r["prompt"], [r["image"]])
+        m = _ANSWER.search(r["solution"])
+        answer = (m.group(1) if m else r["solution"]).strip()
+        messages += expert_turns(r, r["image"].size, answer, ws.think, runner)
+        rows.append({**transcript_features(processor, messages, schemas), "images": conversation_images(messages)})
+    train_ds = datasets.Dataset.from_list(rows)
+    assert data.eval is not None  # warmstart_data_cfg always holds out the gate's rows
+    torch.manual_seed(ws.seed)
+    model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
+    gate = AccuracyGate(processor, list(data.eval), ws, runner=runner,
+                        max_new_tokens=int(cfg.trainer.max_completion_length))
+    tmp = Path(tempfile.mkdtemp(prefix="mmr1-warmstart-"))
+    args = _sft_args(ws, tmp, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=TranscriptCollator(processor),
+                      callbacks=[gate])
+    return _train_and_publish(trainer, model, processor, gate, base_path, out, tmp)
+
+
+def _train_and_publish(trainer, model, processor, gate, base_path: str, out: Path, tmp: Path) -> dict[str, Any]:
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's log dicts; AccuracyGate logs the progress that matters
     trainer.train()
     report = {"steps": trainer.state.global_step, "gate_accuracy": gate.last_accuracy,
@@ -165,11 +228,27 @@ def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24,
         model.train(was_training)
 
 
+def tool_answers(model, processor, runner, rows: list[dict], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy answer turns for rows, the tools run between turns."""
+    from mmr1.rollout.tools.transcripts import generate_with_tools
+
+    was_training = model.training
+    model.eval()
+    try:
+        return [g[0]["text"] for i in range(0, len(rows), batch_size)
+                for g in generate_with_tools(model, processor, runner, rows[i:i + batch_size], n=1, do_sample=False,
+                                             max_new_tokens=max_new_tokens)]
+    finally:
+        model.train(was_training)
+
+
 class AccuracyGate(TrainerCallback):
     """Stop SFT once greedy held-out accuracy, by ``gate_reward``, reaches ``gate_accuracy`` (every ``gate_every``)."""
 
-    def __init__(self, processor, rows: list[dict], ws: DictConfig):
+    def __init__(self, processor, rows: list[dict], ws: DictConfig, runner: Any = None, max_new_tokens: int = 24):
         self.processor, self.rows, self.ws = processor, rows, ws
+        # rollout.tools: the gate's answers come through the tool loop (mmr1.rollout.tools.transcripts).
+        self.runner, self.max_new_tokens = runner, max_new_tokens
         # In this process, unsandboxed: the completions are the tiny model's <= 24 greedy tokens.
         self.reward = get_reward(ws.gate_reward)
         self.history: list[tuple[int, float]] = []
@@ -179,7 +258,10 @@ class AccuracyGate(TrainerCallback):
         step = state.global_step
         if step < self.ws.gate_start or step % self.ws.gate_every or model is None:
             return
-        answers = greedy_answers(model, self.processor, self.rows)
+        if self.runner is None:
+            answers = greedy_answers(model, self.processor, self.rows)
+        else:
+            answers = tool_answers(model, self.processor, self.runner, self.rows, self.max_new_tokens)
         scores = self.reward(answers, solution=[r["solution"] for r in self.rows])
         self.last_accuracy = sum(float(v or 0.0) for v in scores) / max(len(scores), 1)
         self.history.append((step, self.last_accuracy))

@@ -129,29 +129,58 @@ def load_plugins(paths: Iterable[str | Path]) -> list[str]:
     """Import each plugin file once (the seed's `--external_plugins`); return their absolute paths."""
     loaded = []
     for raw in paths:
-        path = Path(raw).expanduser().resolve()
-        if not path.is_file():
-            raise RewardConfigError(f"reward.plugins: plugin file {str(raw)!r} not found (looked at {path})")
-        key = str(path)
-        with _LOCK:
-            if key not in _PLUGINS:
-                # A stable, unique module name: the same file gets the same name in every worker,
-                # and two plugin.py files in different folders do not collide.
-                module_name = f"mmr1_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-                module_spec = importlib.util.spec_from_file_location(module_name, path)
-                assert module_spec is not None and module_spec.loader is not None  # a .py file path
-                module = importlib.util.module_from_spec(module_spec)
-                sys.modules[module_name] = module
-                try:
-                    module_spec.loader.exec_module(module)
-                except Exception as exc:
-                    del sys.modules[module_name]
-                    raise RewardConfigError(
-                        f"reward.plugins: plugin file {key!r} failed to import: {type(exc).__name__}: {exc}"
-                    ) from exc
-                _PLUGINS[key] = module_name
-        loaded.append(key)
+        try:
+            loaded.append(_import_file(raw)[0])
+        except LookupError as exc:
+            raise RewardConfigError(f"reward.plugins: {exc}") from exc.__cause__
     return loaded
+
+
+def _import_file(raw: str | Path) -> tuple[str, Any]:
+    """(absolute path, module) of a Python file, imported once per process; LookupError says what went wrong."""
+    path = Path(raw).expanduser().resolve()
+    if not path.is_file():
+        raise LookupError(f"plugin file {str(raw)!r} not found (looked at {path})")
+    key = str(path)
+    with _LOCK:
+        if key not in _PLUGINS:
+            # A stable, unique module name: the same file gets the same name in every worker,
+            # and two plugin.py files in different folders do not collide.
+            module_name = f"mmr1_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            assert module_spec is not None and module_spec.loader is not None  # a .py file path
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise LookupError(f"plugin file {key!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            _PLUGINS[key] = module_name
+    return key, sys.modules[_PLUGINS[key]]
+
+
+def load_callable(target: str) -> Callable[..., Any]:
+    """The function ``target`` names: ``pkg.module:function``, ``pkg.module.function`` or ``path/file.py:function``
+    (the file imported once per process, as a plugin); LookupError says what is missing. Tools (mmr1.rollout.tools)
+    are named this way, and the sandbox's workers load them by it."""
+    path, sep, attr = target.rpartition(":")
+    if sep and path.endswith(".py"):
+        where, module = _import_file(path)
+    else:
+        path, attr = (target.split(":", 1) if ":" in target else target.rpartition(".")[::2])
+        if not path:
+            raise LookupError(f"{target!r} is not 'pkg.module:function' nor 'file.py:function'")
+        try:
+            module, where = importlib.import_module(path), path
+        except ImportError as exc:
+            raise LookupError(f"cannot import {path!r}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise LookupError(f"{where} has no {attr!r}")
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise LookupError(f"{target!r} is a {type(fn).__name__}, not a function")
+    return fn
 
 
 def _load_builtins() -> None:

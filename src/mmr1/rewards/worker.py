@@ -1,4 +1,5 @@
-"""The reward worker process: started by `sandbox.WorkerPool`, scores one item at a time by reward name.
+"""The reward worker process: started by `sandbox.WorkerPool`, scores one item at a time by reward name (or runs
+one call of a rollout tool, ``tool:<pkg.module:function or file.py:function>``: mmr1.rollout.tools.runner).
 
 argv: <fd to read tasks> <fd to write results> <parent pid> <JSON list of plugin files>.
 """
@@ -13,6 +14,9 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
+
+# Items whose name starts with this run a rollout tool (``rollout.tools`` entry after it), not a reward.
+TOOL_PREFIX = "tool:"
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -86,9 +90,16 @@ def main() -> None:
             return
         for index, name, payload in chunk:
             try:
-                if name not in fns:
-                    fns[name] = registry.get(name)
-                reply = ("result", index, "ok", _one(fns[name](**pickle.loads(payload))), "")
+                if name.startswith(TOOL_PREFIX):  # a rollout tool (mmr1.rollout.tools.runner): its result as it is
+                    if name not in fns:
+                        fns[name] = registry.load_callable(name[len(TOOL_PREFIX):])
+                    value = fns[name](**pickle.loads(payload))
+                    pickle.dumps(value)  # an unpicklable result is the tool's error, not a dead worker
+                    reply = ("result", index, "ok", value, "")
+                else:
+                    if name not in fns:
+                        fns[name] = registry.get(name)
+                    reply = ("result", index, "ok", _one(fns[name](**pickle.loads(payload))), "")
             except Exception:  # noqa: BLE001 - any failure of a reward is an error outcome, counted
                 reply = ("result", index, "error", None, _short_traceback())
             results.send(reply)  # one answer per item: the trainer times each item separately

@@ -27,6 +27,7 @@ from accelerate.utils import gather_object
 from mmr1.data.config import VideoConfig
 from mmr1.internals import GRPOHooks
 from mmr1.rollout.colocate import ROLLOUT_CLIPS
+from mmr1.rollout.tools.metrics import tool_metrics
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
 from mmr1.trainer.dynamic_sampling import loss_tokens, refill_indices, sample_batch
@@ -69,7 +70,7 @@ class Mmr1GRPOTrainer(GRPOHooks):
 
     def __init__(self, *args: Any, context_length: int | None = None, dynamic_sampling: bool = False,
                  dynamic_sampling_max_batches: int = 1, banned_token_ids: set[int] | None = None,
-                 video: Any = None, **kwargs: Any) -> None:
+                 video: Any = None, tool_runner: Any = None, **kwargs: Any) -> None:
         self.context_length = context_length
         # Clips (a dataset's `videos`): their frame bounds, and the batch's clips / video tensors while a round
         # generates and scores them, or while the loss runs (mmr1.trainer.video).
@@ -80,6 +81,8 @@ class Mmr1GRPOTrainer(GRPOHooks):
         # one ends before it, counted as rollout/vision_token_cuts.
         self.banned_token_ids = set(banned_token_ids or ())
         self.dynamic_sampling = dynamic_sampling
+        # rollout.tools (mmr1.rollout.tools): the bounded tool calls; their counts are logged with each batch's rewards.
+        self.tool_runner = tool_runner
         self.dynamic_sampling_max_batches = dynamic_sampling_max_batches
         self._last_rewards_per_func: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
@@ -112,8 +115,17 @@ class Mmr1GRPOTrainer(GRPOHooks):
                 self.log_metric(mode, key, value)
         return self._last_rewards_per_func
 
+    def completions_made(self, completions):
+        if self.tool_runner is None:
+            return
+        mode = "train" if self.model.training else "eval"
+        for key, value in tool_metrics(completions, self.tool_runner.take_stats()).items():
+            self.log_metric(mode, key, value)
+
     def generate_and_score(self, run, inputs):
         """Once per generation round, so num_iterations > 1 and steps_per_generation reuse the filtered batch."""
+        if self.tool_runner is not None:
+            self.tool_runner.new_round()  # the round's tool budget (rollout.tool_round_timeout_s) starts afresh
         run = self._with_clips(run)
         if not self.dynamic_sampling or not self.model.training:
             return run(inputs)

@@ -17,7 +17,7 @@ from mmr1.config.grpo_args import has_accelerator
 from mmr1.config.typed import typed_config
 from mmr1.data import DataBundle, build_datasets
 from mmr1.data.config import VideoConfig
-from mmr1.data.preflight import Report, data_skips_long_prompts, preflight
+from mmr1.data.preflight import Report, ToolBudget, data_skips_long_prompts, preflight
 from mmr1.launch.deepspeed import cpu_state
 from mmr1.models import load_model
 from mmr1.models.lora import peft_config, trainable_share
@@ -26,6 +26,10 @@ from mmr1.models.policy import Policy, prepare_policy, warm_start
 from mmr1.reliability.resume import resolve_resume
 from mmr1.rewards.audit import audit_at_start
 from mmr1.rollout.colocate import colocate_engine, sync_colocate_weights
+from mmr1.rollout.tools.environment import environment_factory
+from mmr1.rollout.tools.registry import resolve
+from mmr1.rollout.tools.settings import tool_response_tokens, tool_runner, tool_settings
+from mmr1.rollout.tools.template import enable_tools
 from mmr1.rollout.vision_tokens import banned_generation
 from mmr1.tracking.curves import plot_curves
 from mmr1.tracking.metrics import MetricsJsonlCallback, read_metrics
@@ -68,9 +72,17 @@ def load_data(cfg: DictConfig, run: Run) -> Data:
                             seed=cfg.trainer.seed, video=cfg.model.video)
     # Every prompt, measured with its own image's tokens, against trainer.max_length and the rollout context;
     # over-long rows are named (or skipped, dataset.on_long_prompt).
+    # rollout.tools: prompts list the tools (Qwen's tool format, mmr1.rollout.tools.template), and the completion
+    # budget must hold max_tool_calls tool responses.
+    settings = tool_settings(cfg, run.limits)
+    tools, budget = None, None
+    if settings is not None:
+        enable_tools(policy.processor)
+        tools = [resolve(e).schema for e in settings.entries]
+        budget = ToolBudget(settings.max_calls, tool_response_tokens(policy.processor, settings))
     fit = preflight(policy.processor, bundle, max_length=cfg.trainer.max_length, context=cfg.rollout.max_model_len,
                     max_completion_length=cfg.trainer.max_completion_length,
-                    skip=data_skips_long_prompts(cfg.dataset))
+                    skip=data_skips_long_prompts(cfg.dataset), tools=tools, tool_budget=budget)
     audit = None
     if run.main:
         write_json(run.dir / "preflight.json", dataclasses.asdict(fit))  # the longest prompt, the rows skipped
@@ -105,6 +117,12 @@ def build_trainer(cfg: DictConfig, run: Run, model: Model, data: Data) -> tuple[
     for split, n in stats.get("long_prompts_skipped", {}).items():
         metrics.extra[f"data/long_prompts_skipped_{split}"] = n
     colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
+    # rollout.tools: Qwen's tool-call format on the processor, each call bounded in worker processes.
+    runner = tool_runner(cfg, run.limits)
+    tools: dict[str, Any] = {}
+    if runner is not None:
+        enable_tools(processor)
+        tools = {"tool_runner": runner, "environment_factory": environment_factory(runner)}
     # dtype, eager, KV cache, image limits, unexpanded prompts: what TRL does not give the engine.
     with colocate_engine(cfg, processor) if colocate else nullcontext():
         trainer = Mmr1GRPOTrainer(
@@ -121,6 +139,7 @@ def build_trainer(cfg: DictConfig, run: Run, model: Model, data: Data) -> tuple[
             processing_class=processor,
             callbacks=[metrics],
             peft_config=model.lora,
+            **tools,
         )
     if colocate:
         # vLLM's CPU build repacks its weights (TRL's per-tensor sync cannot load them); no stale vision features.

@@ -160,6 +160,12 @@ def plan_from_cfg(cfg: Any, *, gpu_memory_gb: float = 80.0, n_params: int | None
     # DeepSpeed casts the module to bf16/fp16 when enabled; otherwise the weights are in model.torch_dtype.
     param_bytes = 2 if (zero is not None and ds_half) else torch_bytes
     act_bytes = 2 if (half or param_bytes == 2) else 4
+    tool_calls = int(r.get("max_tool_calls") or 0) if r.get("tools") else 0
+    if tool_calls and image_tokens is None:
+        # rollout.tools: each call may return an image (at most model.max_pixels: mmr1.rollout.tools.settings) that
+        # the trainer's forward encodes. Counted as prompt images: their tokens, inside max_completion_length already,
+        # count twice in the sequence, an over-estimate of at most max_tool_calls images.
+        images_per_prompt += tool_calls
     text, img, completion, seq, notes = _sequence(
         cfg, max_pixels=max_pixels, prompt_tokens=prompt_tokens, image_tokens=image_tokens,
         images_per_prompt=images_per_prompt, text_tokens=text_tokens, videos_per_prompt=videos_per_prompt)

@@ -1,0 +1,143 @@
+"""Tools as config (mmr1.rollout.tools): names resolved and described as TRL describes them, each call bounded in
+worker processes (raising, hanging and oversized-image tools), Qwen's tool-call format on Qwen2.5-VL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmr1.data.images import PixelLimits
+from mmr1.rollout.tools.environment import environment_factory
+from mmr1.rollout.tools.registry import ToolConfigError, resolve
+from mmr1.rollout.tools.runner import ToolFailure, ToolRunner, ToolSettings
+
+PLUGINS = Path(__file__).with_name("tool_plugins.py")
+
+
+def entry(name: str) -> str:
+    return f"{PLUGINS}:{name}"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """One pool for the module (workers start once): crop and the misbehaving tools, a 2 s call deadline."""
+    r = ToolRunner(ToolSettings([
+        "crop", entry("hang"), entry("boom"), entry("big"), entry("two_images")],
+        max_calls=8, timeout_s=2.0, round_timeout_s=30.0, limits=PixelLimits(3136, 7056)))
+    yield r
+    r.close()
+
+
+def call(runner, name, row, **arguments):
+    env = environment_factory(runner)()
+    env.reset(**row)
+    return getattr(env, name)(**arguments)
+
+
+def test_entries_resolve_and_hide_what_mmr1_fills_in():
+    crop = resolve("crop")
+    params = crop.schema["function"]["parameters"]
+    assert crop.injected == ("image", "seen_size") and list(params["properties"]) == ["bbox_2d"]
+    assert "seen_size" not in str(crop.schema) and "PIL" not in str(crop.schema)
+    assert resolve("mmr1.rollout.tools.crop:crop").name == "crop"
+    assert resolve(entry("boom")).schema["function"]["parameters"]["required"] == ["reason"]
+    with pytest.raises(ToolConfigError, match=r"entry 'zoom' \(built in: \['crop'\]\)"):
+        resolve("zoom")
+    with pytest.raises(ToolConfigError, match=r"'missing/tools.py:crop': plugin file 'missing/tools.py' not found"):
+        resolve("missing/tools.py:crop")
+    with pytest.raises(ToolConfigError, match="no_docs.*Google-style docstring"):
+        resolve(entry("no_docs"))
+    with pytest.raises(ToolConfigError, match="has no 'nothing'"):
+        resolve(entry("nothing"))
+
+
+def test_crop_zooms_into_the_source_in_the_models_coordinates(runner):
+    source = Image.new("RGB", (252, 252), (255, 255, 255))
+    source.paste((200, 0, 0), (84, 168, 168, 252))  # the tile at column 1, row 2
+    seen = source.resize((84, 84))
+    (part,) = call(runner, "crop", {"image": seen, "source_images": [_png(source)]}, bbox_2d=[28, 56, 56, 84])
+    assert part["image"].size == (84, 84)  # the source's 84x84 tile, within the tool image bound (7056 pixels)
+    assert part["image"].getextrema() == ((200, 200), (0, 0), (0, 0))
+    # A box smaller than one image token is widened to 28 px, one past the edge clipped: a 28x28 crop, which the
+    # tool image bounds then bring up to their 3136-pixel minimum, as Qwen's processor would.
+    (part,) = call(runner, "crop", {"image": seen}, bbox_2d=[80, 80, 200, 81])
+    assert part["image"].size == (56, 56)
+
+
+def test_raising_hanging_and_oversized_tools_cost_an_error_not_the_step(runner):
+    row = {"image": Image.new("RGB", (84, 84))}
+    runner.take_stats()
+    with pytest.raises(ToolFailure, match="boom: no"):
+        call(runner, "boom", row, reason="no")
+    started = time.monotonic()
+    with pytest.raises(ToolFailure, match="no result within 2 s"):
+        call(runner, "hang", row, seconds=1)
+    assert time.monotonic() - started < 10  # the deadline, plus killing and replacing the worker
+    parts = call(runner, "big", row, side=4000)
+    assert parts[0]["image"].width * parts[0]["image"].height <= 7056 and parts[1] == {"type": "text", "text": "ok"}
+    with pytest.raises(ToolFailure, match="more than 1 image"):
+        call(runner, "two_images", row, n=2)
+    with pytest.raises(ToolFailure, match="tool crop: missing a required argument: 'bbox_2d'"):
+        call(runner, "crop", row, box=[0, 0, 1, 1])
+    assert runner.take_stats() == {"calls": 4, "errors": 3, "timeouts": 1, "images_downscaled": 1}
+    assert call(runner, "crop", row, bbox_2d=[0, 0, 28, 28])  # the pool recovered from the killed worker
+
+
+def test_calls_past_max_tool_calls_and_the_round_budget_fail_at_once():
+    row = {"image": Image.new("RGB", (84, 84))}
+    r = ToolRunner(ToolSettings(["crop", entry("hang")], max_calls=1, timeout_s=2.0, round_timeout_s=3.0))
+    try:
+        env = environment_factory(r)()
+        env.reset(**row)
+        env.crop(bbox_2d=[0, 0, 28, 28])
+        with pytest.raises(ToolFailure, match=r"at most 1 per answer \(rollout.max_tool_calls\)"):
+            env.crop(bbox_2d=[0, 0, 28, 28])
+        r.new_round()
+        with pytest.raises(ToolFailure, match="no result within"):
+            call(r, "hang", row, seconds=1)
+        started = time.monotonic()
+        with pytest.raises(ToolFailure, match=r"within 0\.[0-9]+ s"):  # what is left of the round's 3 s
+            call(r, "hang", row, seconds=1)
+        with pytest.raises(ToolFailure, match="tool budget .* is spent"):
+            call(r, "hang", row, seconds=1)
+        assert time.monotonic() - started < 6
+        assert r.take_stats()["refused"] == 1
+    finally:
+        r.close()
+
+
+def test_the_tool_format_renders_qwen2_5_vl_prompts_unchanged_and_passes_trls_checks(tiny_processor):
+    import copy
+
+    from trl.chat_template_utils import is_chat_template_prefix_preserving, parse_response, supports_tool_calling
+
+    from mmr1.rollout.tools.template import enable_tools
+
+    proc = copy.deepcopy(tiny_processor)
+    prompt = [{"role": "system", "content": [{"type": "text", "text": "SYS"}]},
+              {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    before = [proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in (prompt, prompt[1:])]
+    assert not supports_tool_calling(proc)  # Qwen2.5-VL's own template renders no tools: TRL refuses it
+    enable_tools(proc)
+    after = [proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in (prompt, prompt[1:])]
+    assert after == before
+    assert supports_tool_calling(proc) and is_chat_template_prefix_preserving(proc)
+    with_tools = proc.apply_chat_template(prompt, tools=[resolve("crop").schema], add_generation_prompt=True,
+                                          tokenize=False)
+    assert with_tools.startswith("<|im_start|>system\nSYS\n\n# Tools") and '"name": "crop"' in with_tools
+    text = ('<think>zoom</think>\n<tool_call>\n{"name": "crop", "arguments": {"bbox_2d": [0, 28, 28, 56]}}\n'
+            '</tool_call><|im_end|>')
+    parsed = parse_response(proc.tokenizer, proc.tokenizer(text)["input_ids"], prefix=[])
+    assert parsed["content"] == "<think>zoom</think>"  # the reasoning stays where the format reward reads it
+    assert parsed["tool_calls"][0]["function"] == {"name": "crop", "arguments": {"bbox_2d": [0, 28, 28, 56]}}
+
+
+def _png(img):
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
