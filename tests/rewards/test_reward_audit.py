@@ -60,7 +60,7 @@ def test_probes_are_built_from_the_gold_answer(solution, gold, forms):
 def test_the_seed_rewards_through_the_sandbox_pay_the_empty_answer_under_format_only():
     funcs = build_reward_funcs({})  # the seed's external_r1v_acc (math-verify in workers) + format
     try:
-        records = score_probes(funcs, _rows("<answer> 70° </answer>", "<answer> 3 </answer>"), 64)
+        records = score_probes(funcs, _rows("<answer> 70° </answer>", "<answer> 3 </answer>"), 64, tools=True)
     finally:
         shutdown()
     by = {(r["row"], r["probe"], r["reward"]): r for r in records}
@@ -72,6 +72,15 @@ def test_the_seed_rewards_through_the_sandbox_pay_the_empty_answer_under_format_
             assert by[row, "gold", fn]["value"] == 1.0 and not by[row, "gold", fn]["flagged"]
     assert not any(r["flagged"] for r in records if r["kind"] == "right")
     assert {"probe": "empty_answer", "reward": "format", "value": 1.0, "rows": 2} in flagged(records)
+    # Tool-using completions (rollout.tools): the last turn is the answer. A gold answer given before the tool's
+    # result and not after earns no accuracy; format pays the well-formed wrong last turn, as it pays any.
+    for row in (0, 1):
+        assert by[row, "tool_then_gold", "external_r1v_acc"]["value"] == 1.0
+        assert by[row, "tool_then_gold", "format"]["value"] == 1.0
+        assert by[row, "gold_only_before_tool", "external_r1v_acc"]["value"] == 0.0
+        assert by[row, "gold_only_before_tool", "format"]["flagged"]
+        assert by[row, "tool_then_nothing", "external_r1v_acc"]["value"] == 0.0
+        assert by[row, "tool_then_nothing", "format"]["value"] == 0.0
 
 
 def test_flags_follow_what_a_reward_pays():

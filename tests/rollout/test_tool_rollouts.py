@@ -24,23 +24,33 @@ def _call(name: str, args: str) -> str:
     return f'<think>look</think>\n<tool_call>\n{{"name": "{name}", "arguments": {args}}}\n</tool_call>'
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
+def _trainer(overrides: list[str], run_dir: Path):
+    """mmr1's trainer for ``overrides``, built by the steps a run takes, and the rows of its first two prompts."""
     from mmr1.trainer.setup import open_run
     from mmr1.trainer.steps import build_trainer, load_data, load_policy
 
-    cfg = compose_cfg(OVERRIDES, run_dir=tmp_path_factory.mktemp("tools"))
+    cfg = compose_cfg(overrides, run_dir=run_dir)
     run = open_run(cfg)
     data = load_data(cfg, run)
     trainer, _ = build_trainer(cfg, run, load_policy(cfg, data), data)
-    proc = data.policy.processor
-    rows = [data.bundle.train[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before a loss
+    trainer.model.train()
+    return trainer, data.policy.processor, [data.bundle.train[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+
+
+def _ids(proc, texts: list[str]) -> list[list[int]]:
+    eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return [proc.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    trainer, proc, rows = _trainer(OVERRIDES, tmp_path_factory.mktemp("tools"))
     gold = [re.search(r"\d+", r["solution"]).group(0) for r in rows]
     first = [_call("crop", '{"bbox_2d": [0, 0, 84, 84]}'), _call("hang", '{"seconds": 1}'),
              _call("boom", '{"reason": "test"}'), _call("big", '{"side": 3000}'),
              "<think>x</think><tool_call>{not json</tool_call>",
              *[f"<think>x</think><answer>{g}</answer>" for g in gold[5:]]]
-    eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
     seen: list[list[list[int]]] = []
 
     def scripted(generate, prompt_ids):  # the policy's turns, in place of sampling (TRL's generate not called)
@@ -50,17 +60,15 @@ def batch(tmp_path_factory):
         wrong = str(int(gold[0]) % 3 + 1)
         texts = first if len(seen) == 1 else [f"<think>y</think><answer>{a}</answer>"
                                               for a in (gold[0], wrong, gold[0], wrong)]
-        return [proc.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts], None
+        return _ids(proc, texts), None
 
     trainer.generate_turn = scripted
-    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before a loss
-    trainer.model.train()
     started = time.monotonic()
     out = trainer._generate_and_score_completions(rows)
     took = time.monotonic() - started
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
     yield {"trainer": trainer, "out": out, "proc": proc, "seen": seen, "metrics": metrics, "took": took,
-           "first": first, "eos": eos}
+           "first": first}
     trainer.tool_runner.close()
 
 
@@ -121,3 +129,44 @@ def test_rewards_score_the_answer_turn_and_metrics_count_what_the_tools_did(batc
 
 def test_a_hanging_tool_costs_its_deadline_not_the_step(batch):
     assert batch["took"] < 3 + 20  # rollout.tool_timeout_s=3, plus the rest of a tiny step on a busy machine
+
+
+@pytest.mark.vllm
+def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees(tmp_path):
+    """The turn after a crop, sampled by vLLM (its CPU build, colocate) from the prompt, the call and the crop: TRL's
+    importance-sampling metric compares vLLM's log-probs of those tokens with the trainer's, which must see the same
+    two images to agree (trl#6274 was the trainer slicing them wrongly)."""
+    overrides = [*OVERRIDES, "rollout=vllm_colocate", "rollout.enforce_eager=true", "rollout.kv_cache_gib=1",
+                 "rollout.importance_sampling_correction=true", "rollout.ban_vision_tokens=false",
+                 "rollout.tools=[crop]", "trainer.mask_truncated_completions=false"]
+    trainer, proc, rows = _trainer(overrides, tmp_path)
+    calls: list[int] = []
+
+    def first_turn_scripted(generate, prompt_ids):
+        calls.append(len(prompt_ids))
+        if len(calls) > 1:
+            return generate()  # vLLM samples the turn after the tool's response
+        _, logprobs = generate()  # vLLM's own first turn, replaced by a crop of the whole view
+        ids = _ids(proc, [_call("crop", '{"bbox_2d": [0, 0, 84, 84]}')] * len(prompt_ids))
+        return ids, None if logprobs is None else [[0.0] * len(i) for i in ids]
+
+    trainer.generate_turn = first_turn_scripted
+    try:
+        out = trainer._generate_and_score_completions(rows)
+    finally:
+        trainer.tool_runner.close()
+    assert calls == [8, 8]  # every rollout called crop, and vLLM generated its next turn
+    assert [int((ids == proc.image_token_id).sum()) for ids in out["completion_ids"]] == [9] * 8
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    assert metrics["tools/calls_per_completion"] == 1.0
+    # The turn after the tool's response: vLLM's log-probs of its sampled tokens (sampling_per_token_logps) against
+    # the trainer's (old_per_token_logps, a forward over prompt, call, crop and turn). They agree to float32 only if
+    # the trainer's forward placed the crop's features and positions where vLLM did. (The scripted first turn's
+    # "sampling" log-probs are zeros, not vLLM's: left out.)
+    last_tool = [int((m == 0).nonzero().max()) for m in out["tool_mask"]]
+    post = torch.zeros_like(out["tool_mask"], dtype=torch.bool)
+    for i, j in enumerate(last_tool):
+        post[i, j + 1:] = out["completion_mask"][i, j + 1:].bool()
+    assert post.sum() >= 8
+    delta = (out["old_per_token_logps"] - out["sampling_per_token_logps"]).abs()[post]
+    assert delta.max() < 1e-3, f"vLLM and the trainer differ by up to {delta.max():.2e} after the tool's response"

@@ -90,6 +90,10 @@ class ModelConfig:
     min_pixels: int | None = None
     max_pixels: int | None = 50176
     trust_remote_code: bool = False
+    # The embedded tiny model only: its tokenizer with Qwen2.5's tool-call tokens (<tool_call>, </tool_call>, added
+    # tokens of the real Qwen2.5-VL tokenizer) and merges for Qwen's tool format (mmr1.models.tiny.TOOL_CORPUS), so a
+    # call is a handful of tokens the tiny model can learn (rollout.tools; conf/experiment/tiny_zoom_count.yaml).
+    tool_tokens: bool = False
     # The seed starts from an Instruct model "to rapidly achieve format rewards"; the tiny analogue is a short
     # SFT on synthetic answers that teaches the format and leaves counting imperfect.
     warmstart: WarmStartConfig = field(default_factory=lambda: WarmStartConfig(enabled=True))

@@ -18,9 +18,9 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
     """The directory or hub id to load: embedded builders and warm-starts are built (cached) here."""
     name = model_cfg.name_or_path
     if name == EMBEDDED_MODEL:
-        from mmr1.models.tiny import tiny_qwen2_5_vl_path  # torch: a name resolves without it
+        from mmr1.models.tiny import RECIPE, RECIPE_TOOLS, tiny_qwen2_5_vl_path  # torch: a name resolves without it
 
-        path = str(tiny_qwen2_5_vl_path())
+        path = str(tiny_qwen2_5_vl_path(RECIPE_TOOLS if model_cfg.get("tool_tokens") else RECIPE))
     else:
         path = name
     return path

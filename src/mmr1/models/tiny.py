@@ -38,6 +38,24 @@ QWEN_SPECIAL_TOKENS = [
 # The R1 tags as single (non-special) tokens: decoding keeps them, and a tiny model learns the
 # format in a handful of steps instead of spelling tags byte by byte.
 R1_TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+# Qwen2.5's tool-call delimiters, added tokens of the real tokenizer (Qwen2.5-VL's tokenizer_config.json, ids 151657
+# and 151658); the tool-enabled recipe (RECIPE_TOOLS) carries them, and learns merges for Qwen's tool format from
+# TOOL_CORPUS (the fixed text of Qwen2.5's tool template and a crop call), so a call costs a handful of tokens.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
+TOOL_CORPUS = [
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function "
+    "signatures within <tools></tools> XML tags:\n<tools>\n</tools>\n\nFor each function call, return a json object "
+    "with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+    "<function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
+    '{"type": "function", "function": {"name": "crop", "description": "Zoom in on a region of the image: returns that '
+    'region at full resolution.", "parameters": {"type": "object", "properties": {"bbox_2d": {"type": "array", '
+    '"items": {"type": "integer"}, "description": "The region as [x1, y1, x2, y2], in pixels of the image as you see '
+    'it."}}, "required": ["bbox_2d"]}, "return": {"type": "array", "items": {"type": "object", '
+    '"additionalProperties": {}}}}}',
+    "<|im_start|>user\n<tool_response>\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+    *[f'\n{{"name": "crop", "arguments": {{"bbox_2d": [{x}, {y}, {x + 28}, {y + 28}]}}}}\n'
+      for x in range(0, 84, 28) for y in range(0, 84, 28)],
+]
 
 # Qwen2.5-VL-Instruct's chat template (an image part renders as vision_start, image_pad, vision_end).
 CHAT_TEMPLATE = (
@@ -71,6 +89,8 @@ RECIPE: dict[str, Any] = {
                "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56},
     "seed": 0,
 }
+# The embedded model with Qwen's tool-call tokens (model.tool_tokens=true): its own cache entry; RECIPE is unchanged.
+RECIPE_TOOLS: dict[str, Any] = {**RECIPE, "tools": True}
 
 
 def cache_root() -> Path:
@@ -95,7 +115,7 @@ def recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _corpus() -> list[str]:
+def _corpus(tools: bool = False) -> list[str]:
     """The text the tokenizer learns its merges from: the project's own prompts and answers."""
     from importlib.resources import files
 
@@ -112,10 +132,10 @@ def _corpus() -> list[str]:
              "pie chart bar chart percentage share total sum difference largest smallest label value",
              "The answer is A B C D E F. Therefore the answer is"]
     lines += [f"<answer> {i} </answer> <answer>{i}</answer> {i} {i}.5 {i}0 {i}% {i}°" for i in range(100)]
-    return lines
+    return lines + (TOOL_CORPUS if tools else [])
 
 
-def _build_tokenizer(vocab_size: int):
+def _build_tokenizer(vocab_size: int, tools: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -123,16 +143,16 @@ def _build_tokenizer(vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS) - len(R1_TAG_TOKENS),
+        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS) - len(R1_TAG_TOKENS) - (len(TOOL_TOKENS) if tools else 0),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodes: no unknown tokens
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(tools), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=QWEN_SPECIAL_TOKENS, model_max_length=TEXT["max_position_embeddings"],
     )
-    fast.add_tokens(R1_TAG_TOKENS)
+    fast.add_tokens(R1_TAG_TOKENS + (TOOL_TOKENS if tools else []))
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -195,7 +215,7 @@ def _build_processor(tok, recipe: dict):
 
 def build_tiny_qwen2_5_vl(out_dir: Path, recipe: dict = RECIPE) -> Path:
     """Build the tiny model + processor into ``out_dir`` (written to a temp dir, then renamed)."""
-    tok = _build_tokenizer(recipe["vocab_size"])
+    tok = _build_tokenizer(recipe["vocab_size"], tools=bool(recipe.get("tools")))
     model = _build_model(tok, recipe)
     processor = _build_processor(tok, recipe)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> int:
     t0 = time.monotonic()
     funcs = build_reward_funcs(cfg.reward, out)  # the training sandbox; reward_failures.jsonl lands in `out`
     try:
-        records = score_probes(funcs, rows, cfg.trainer.max_completion_length)
+        records = score_probes(funcs, rows, cfg.trainer.max_completion_length, tools=bool(cfg.rollout.get("tools")))
     finally:
         shutdown()
     write_json(out / AUDIT_FILE, records)
@@ -116,7 +116,8 @@ def audit_at_start(cfg: Any, reward_funcs: list, dataset: Any, run_dir: Path) ->
         rows = [dataset[i] for i in range(min(audit.rows, len(dataset)))]
         # The probes are text: a reward on token counts (DAPO's overlong penalty) has nothing to score.
         text_rewards = [f for f in reward_funcs if f.__name__ != OVERLONG]
-        records = score_probes(text_rewards, rows, cfg.trainer.max_completion_length)
+        records = score_probes(text_rewards, rows, cfg.trainer.max_completion_length,
+                               tools=bool(cfg.rollout.get("tools")))
         write_json(Path(run_dir) / AUDIT_FILE, records)
         found = flagged(records)
         seconds = round(time.monotonic() - t0, 2)

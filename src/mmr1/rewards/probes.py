@@ -47,7 +47,7 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 class Probe:
     name: str
     kind: str  # "wrong": must earn 0; "right": should earn > 0
-    text: str
+    text: Any  # a completion's text, or a tool-using completion's turns (messages)
     why: str
 
 
@@ -145,21 +145,48 @@ def build_probes(solution: Any, max_completion_length: int) -> list[Probe]:
     ]
 
 
-def _as_completion(text: str, prompt: Any) -> Any:
-    # TRL passes conversational completions as one assistant message, plain ones as strings.
+def tool_probes(solution: Any) -> list[Probe]:
+    """Tool-using completions (``rollout.tools``): the model's turns with a tool's result between them, where the
+    answer that counts is the last turn's (mmr1.rewards.text.completion_text).
+
+    >>> [p.name for p in tool_probes("<answer>3</answer>")]
+    ['tool_then_gold', 'gold_only_before_tool', 'tool_then_nothing']
+    """
+    gold = gold_answer(solution)
+    crop = {"name": "crop", "arguments": {"bbox_2d": [0, 0, 28, 28]}}
+    call = {"role": "assistant", "content": f"<think>{REASONING}</think>",
+            "tool_calls": [{"type": "function", "function": crop}]}
+    result = {"role": "tool", "name": "crop", "content": "<image>"}
+    early = {**call, "content": _well_formed(gold)}
+    return [
+        Probe("tool_then_gold", "right", [call, result, {"role": "assistant", "content": _well_formed(gold)}],
+              "control: a tool call, its result, then the gold answer"),
+        Probe("gold_only_before_tool", "wrong", [early, result, {"role": "assistant", "content": _well_formed(
+            _shift(gold, 1))}], "the gold answer in the turn that calls the tool, a wrong one at the end"),
+        Probe("tool_then_nothing", "wrong", [early, result, {"role": "assistant", "content": ""}],
+              "the gold answer before the tool's result, an empty last turn"),
+    ]
+
+
+def _as_completion(text: Any, prompt: Any) -> Any:
+    # TRL passes conversational completions as one assistant message (several turns with tools), plain ones as
+    # strings.
+    if isinstance(text, list):
+        return text
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
         return [{"role": "assistant", "content": text}]
     return text
 
 
 def score_probes(
-    reward_funcs: Sequence[Callable[..., list]], rows: Sequence[dict], max_completion_length: int
+    reward_funcs: Sequence[Callable[..., list]], rows: Sequence[dict], max_completion_length: int,
+    tools: bool = False,
 ) -> list[dict]:
     """One record per (row, probe, reward function): ``probe``, ``kind``, ``reward``, ``value``, ``flagged``, ...
 
     ``rows`` are dataset rows as the trainer sees them (``prompt``, ``solution`` and the other columns);
     each reward function is called once, with every probe of every row, and the rows' columns repeated as
-    TRL repeats them for each completion.
+    TRL repeats them for each completion. ``tools``: the tool-using probes too (``tool_probes``).
     """
     if not rows:
         raise ValueError("the reward audit needs at least one dataset row")
@@ -169,6 +196,7 @@ def score_probes(
             raise KeyError(f"reward audit: dataset row {row.get('source_row', i)} has no 'solution' column "
                            f"(columns: {sorted(row)})")
         items += [(i, p) for p in build_probes(row["solution"], max_completion_length)]
+        items += [(i, p) for p in (tool_probes(row["solution"]) if tools else [])]
     columns = sorted({k for row in rows for k in row if k != "prompt"})
     kwargs = {k: [rows[i].get(k) for i, _ in items] for k in columns}
     prompts = [rows[i].get("prompt") for i, _ in items]

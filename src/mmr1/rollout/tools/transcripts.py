@@ -121,6 +121,10 @@ class TranscriptCollator:
         images = [to_pil(img) for r in rows for img in r["images"]]
         if images:
             batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
+            # Qwen2.5-VL places its 3-D (mrope) positions by the image tokens' type (transformers 5.x): without
+            # mm_token_type_ids a forward numbers them as text, and what it learns is not what generate() runs
+            # (measured: teacher-forced argmax right, greedy decoding wrong from the first tool-call token).
+            batch["mm_token_type_ids"] = (ids == self.processor.image_token_id).long()
         return batch
 
 
