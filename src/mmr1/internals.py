@@ -146,6 +146,10 @@ class GRPOHooks(GRPOTrainer):
         """The prompts TRL has buffered for ``log_completions`` (``self._logs["prompt"]``), mutable in place."""
         return getattr(self, "_logs", {}).get("prompt")
 
+    def logged_completions(self) -> list | None:
+        """The completions TRL has buffered for ``log_completions`` (``self._logs["completion"]``), mutable."""
+        return getattr(self, "_logs", {}).get("completion")
+
 
 # --- TRL's generation cycle, on a built trainer (a resume restores it) --------------------------------------------
 

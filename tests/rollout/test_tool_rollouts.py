@@ -170,3 +170,14 @@ def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees
     assert post.sum() >= 8
     delta = (out["old_per_token_logps"] - out["sampling_per_token_logps"]).abs()[post]
     assert delta.max() < 1e-3, f"vLLM and the trainer differ by up to {delta.max():.2e} after the tool's response"
+
+
+def test_logged_completions_show_the_turns(batch):
+    trainer = batch["trainer"]
+    trainer.log_completions = True
+    (Path(trainer.args.output_dir) / "completions").mkdir(parents=True, exist_ok=True)  # made at train() start
+    trainer.log({"loss": 0.0})
+    crop = trainer.logged_completions()[-8]  # the batch's first rollout: the crop
+    assert [m["role"] for m in crop] == ["assistant", "tool", "assistant"]
+    assert all(set(m) == {"role", "content"} and isinstance(m["content"], str) for m in crop)
+    assert '<tool_call>{"name": "crop"' in crop[0]["content"] and crop[1]["content"] == "<image>"

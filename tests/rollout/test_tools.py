@@ -141,3 +141,47 @@ def _png(img):
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_generate_with_tools_runs_the_call_and_keeps_the_completion_budget(runner, tiny_processor):
+    """The tool loop outside GRPO (the warm-start's gate, mmr1.evaluate), with a policy whose turns are scripted: the
+    call runs, its image joins the next turn's prompt, the answer turn is what is scored, and every turn and tool
+    response counts against the budget (a turn with no room left is empty, not a crash)."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from mmr1.data import build_datasets
+    from mmr1.models.tiny import tiny_qwen2_5_vl_path
+    from mmr1.rollout.tools.template import enable_tools
+    from mmr1.rollout.tools.transcripts import generate_with_tools
+
+    proc = enable_tools(copy.deepcopy(tiny_processor))
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen2_5_vl_path()))
+    bundle = build_datasets({"name": "z", "generator": "synthetic_zoom_count", "num_samples": 2, "eval_size": 0,
+                             "keep_source_images": True}, min_pixels=3136, max_pixels=7056, seed=0)
+    rows = [bundle.train[i] for i in range(2)]
+    tok, eos = proc.tokenizer, proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    turns = ['<think>a</think>\n<tool_call>\n{"name": "crop", "arguments": {"bbox_2d": [28, 56, 56, 84]}}\n'
+             '</tool_call>', "<think>b</think><answer>2</answer>"]
+    prompts = []
+
+    def scripted(**inputs):
+        prompts.append(inputs)
+        ids = inputs["input_ids"]
+        turn = tok(turns[len(prompts) - 1], add_special_tokens=False)["input_ids"] + [eos]
+        return torch.cat([ids, torch.tensor([turn] * ids.shape[0])], 1)
+
+    model.generate = scripted
+    (a,), (b,) = generate_with_tools(model, proc, runner, rows, n=1, do_sample=False, max_new_tokens=200)
+    assert a["text"] == "<think>b</think><answer>2</answer>" and a["tool_calls"] == 1 and not a["truncated"]
+    assert [t["role"] for t in a["turns"]] == ["assistant", "tool", "assistant"]
+    assert a["turns"][1]["content"] == "<image 84x84>"
+    assert prompts[1]["image_grid_thw"].shape[0] == 4  # per row: its scene and the crop
+    # A budget the call and the tool's response fill exactly: the answer turn gets no room (an empty turn).
+    answer = len(tok(turns[1], add_special_tokens=False)["input_ids"]) + 1
+    budget = a["length"] - answer
+    prompts.clear()
+    (c,), _ = generate_with_tools(model, proc, runner, rows, n=1, do_sample=False, max_new_tokens=budget)
+    assert c["length"] == budget and c["truncated"] and c["text"] == "" and c["tool_calls"] == 1

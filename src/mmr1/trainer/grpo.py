@@ -19,6 +19,7 @@ TRL's private methods are reached through ``mmr1.internals.GRPOHooks``; this cla
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -55,13 +56,26 @@ def flat_messages(messages: list[dict]) -> list[dict]:
 
     >>> flat_messages([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}])
     [{'role': 'user', 'content': '<image>How many?'}]
+
+    A tool-using completion's turns (rollout.tools) keep only role and content: a call is written out as the model
+    wrote it, and every message has the same keys (wandb types a column from its rows).
+
+    >>> call = {"type": "function", "function": {"name": "crop", "arguments": {"bbox_2d": [0, 0, 28, 28]}}}
+    >>> flat_messages([{"role": "assistant", "content": "<think>zoom</think>", "tool_calls": [call]},
+    ...                {"role": "tool", "name": "crop", "content": [{"type": "image", "image": None}]}])[0]["content"]
+    '<think>zoom</think><tool_call>{"name": "crop", "arguments": {"bbox_2d": [0, 0, 28, 28]}}</tool_call>'
     """
     out = []
     for m in messages:
-        content = m["content"]
+        content = m.get("content") or ""
         if not isinstance(content, str):
             content = "".join(p.get("text") or "" if p.get("type") == "text" else IMAGE_MARK for p in content)
-        out.append({**m, "content": content})
+        calls = m.get("tool_calls")
+        if calls or m.get("role") == "tool":
+            content += "".join(f"<tool_call>{json.dumps(c.get('function', c))}</tool_call>" for c in calls or ())
+            out.append({"role": m["role"], "content": content})
+        else:
+            out.append({**m, "content": content})
     return out
 
 
@@ -221,11 +235,14 @@ class Mmr1GRPOTrainer(GRPOHooks):
         # type inference rejects that column ("Data row contained incompatible types"): the seed's
         # `--log_completions true --report_to wandb` stopped at the first logged step (found by the rehearsal).
         # Flattened prompts read the same in the table, the rich printout and completions/*.parquet.
-        prompts = self.logged_prompts()
-        if self.log_completions and prompts:
-            flat = [flat_messages(p) if isinstance(p, list) else p for p in prompts]
-            prompts.clear()
-            prompts.extend(flat)
+        # A tool-using completion is its turns (rollout.tools): flattened alike, each turn with its role, the tool's
+        # image as <image>, so the printout and the table show the call, the tool's response and the answer.
+        if self.log_completions:
+            for logged in (self.logged_prompts(), self.logged_completions()):
+                if logged:
+                    flat = [flat_messages(p) if isinstance(p, list) else p for p in logged]
+                    logged.clear()
+                    logged.extend(flat)
         super().log(logs, start_time)
 
     def generate_turn(self, generate, prompt_ids):
