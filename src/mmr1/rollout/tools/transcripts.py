@@ -183,8 +183,8 @@ def generate_with_tools(model: Any, processor: Any, runner: ToolRunner, rows: li
         for s, ids, k, cut in zip(live, new.tolist(), turn_lengths, truncated, strict=True):
             kept = min(k, max_new_tokens - s.used)  # the completion budget holds every turn and tool response
             # No room left: an empty turn (TRL, too, parses only non-empty ones; an empty list reads as a batch).
-            message = (parse_response(processor.tokenizer, ids[:kept], prefix=[], tools=tools) if kept > 0
-                       else {"role": "assistant", "content": ""})
+            message: dict[str, Any] = (parse_response(processor.tokenizer, ids[:kept], prefix=[], tools=tools)
+                                       if kept > 0 else {"role": "assistant", "content": ""})
             s.turns.append(message)
             s.used += kept
             s.truncated = cut or kept < k
