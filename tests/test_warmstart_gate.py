@@ -37,3 +37,28 @@ def test_gate_reward_is_configurable(monkeypatch):
     gate, _ = _gate(monkeypatch, ["<think>a</think><answer>9</answer>", "9"], ["<answer> 3 </answer>"] * 2,
                     gate_reward="format")
     assert gate.last_accuracy == 0.5
+
+
+def test_a_curriculum_chains_cached_warm_starts(monkeypatch, tmp_path):
+    """model.warmstart.curriculum: each generator's plain SFT runs first, from the last one's weights, with no tools;
+    the task's own warm-start starts from the end of it; a second run finds every step cached."""
+    from mmr1.data import PixelLimits
+    from testkit import compose_cfg
+
+    monkeypatch.setenv("MMR1_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_run(cfg, base_path, processor, limits, out):
+        calls.append((cfg.dataset.generator, list(cfg.rollout.tools), base_path))
+        out.mkdir(parents=True)
+        (out / "mmr1_warmstart.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(ws_mod, "run_warmstart", fake_run)
+    cfg = compose_cfg(["+experiment=tiny_zoom_count"])
+    limits = PixelLimits(3136, 7056)
+    final = ws_mod.maybe_warmstart(cfg, "BASE", None, limits)
+    (first, no_tools, base), (task, tools, start) = calls
+    assert (first, no_tools, base) == ("synthetic_count", [], "BASE")
+    assert (task, tools) == ("synthetic_zoom_count", ["crop"]) and start != "BASE" and start != final
+    assert ws_mod.maybe_warmstart(cfg, "BASE", None, limits) == final and len(calls) == 2

@@ -18,7 +18,8 @@ from mmr1.tracking.metrics import read_metrics
 from testkit import compose_cfg
 
 RUN = [*OVERRIDES, "trainer.max_steps=4", "trainer.num_iterations=2", "trainer.save_steps=3",
-       "trainer.save_total_limit=null", "guard.save_on_interrupt=false"]
+       "trainer.save_total_limit=null", "guard.save_on_interrupt=false", "audit.at_start=false",
+       "rollout.tool_workers=1"]
 TIMING = ("runtime", "per_second", "_time", "wall", "tools/timeouts")  # a hung call's deadline is wall clock
 
 

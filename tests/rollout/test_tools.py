@@ -143,10 +143,23 @@ def _png(img):
     return buf.getvalue()
 
 
-def test_generate_with_tools_runs_the_call_and_keeps_the_completion_budget(runner, tiny_processor):
+@pytest.fixture
+def short_rounds():
+    """A runner whose round budget (1.5 s) one hung call spends."""
+    r = ToolRunner(ToolSettings(["crop", entry("hang")], max_calls=2, timeout_s=1.0, round_timeout_s=1.5,
+                                limits=PixelLimits(3136, 7056)))
+    with pytest.raises(ToolFailure):
+        call(r, "hang", {"image": Image.new("RGB", (84, 84))}, seconds=1)
+    yield r
+    r.close()
+
+
+def test_generate_with_tools_runs_the_call_and_keeps_the_completion_budget(short_rounds, tiny_processor):
     """The tool loop outside GRPO (the warm-start's gate, mmr1.evaluate), with a policy whose turns are scripted: the
     call runs, its image joins the next turn's prompt, the answer turn is what is scored, and every turn and tool
-    response counts against the budget (a turn with no room left is empty, not a crash)."""
+    response counts against the budget (a turn with no room left is empty, not a crash). Each call of it is a round
+    with its own tool budget: an earlier round's spent budget does not fail its calls."""
+    runner = short_rounds
     import copy
 
     import torch

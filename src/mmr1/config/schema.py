@@ -45,6 +45,10 @@ class WarmStartConfig:
     gate_reward: str = "external_r1v_acc"
     think: str = "I count the objects."
     seed: int = 1234
+    # A curriculum: generators whose plain SFT (answers, no tools; gated and cached like this one) runs first, in
+    # order, each from the last; this warm-start then starts from the end of it. The tool-using task learns to count
+    # on plain scenes before it learns to crop (conf/experiment/tiny_zoom_count.yaml).
+    curriculum: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -277,22 +277,25 @@ def synthetic_video_count(num_samples: int, seed: int, image_size: int | None = 
     return rows
 
 
-ZOOM_PROBLEM = "How many items are there in the grey square?"
+ZOOM_PROBLEM = "How many items are there in the grey frame ({where})?"
 ZOOM_GREY = (200, 200, 200)
+_ROWS, _COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
 
 
 @GENERATORS.register("synthetic_zoom_count")
 def synthetic_zoom_count(num_samples: int, seed: int, image_size: int | None = None) -> list[dict]:
-    """A task that needs a closer look (``rollout.tools=[crop]``): a 252x252 scene of 3x3 tiles, one of them grey and
-    holding synthetic_count's layout (1-3 objects, one per 28x28 cell). Seen at the zoom experiment's 84x84
+    """A task that needs a closer look (``rollout.tools=[crop]``): a 252x252 scene of 3x3 tiles, one of them framed in
+    grey and holding synthetic_count's layout (1-3 objects, one per 28x28 cell). Seen at the zoom experiment's 84x84
     (``model.max_pixels=7056``) the grey tile is one image token and its objects 5-7 px specks; cropped from the
-    source, it is an 84x84 synthetic_count scene of 9 tokens, which the tiny model learns to count. ``zoom_box``:
-    the grey tile in source pixels (what an expert crops: the warm-start's tool-call transcripts).
+    source, it is an 84x84 synthetic_count scene of 9 tokens, which the tiny model learns to count. The question
+    says where the tile is ("top left"): V*-style questions name what to look at, and a ~1M-parameter model did not
+    learn to read a box's coordinates off the image in a warm-start's budget (chance after 300 steps, measured).
+    ``zoom_box``: the grey tile in source pixels (what an expert crops: the warm-start's tool-call transcripts).
 
     >>> row = synthetic_zoom_count(1, seed=0)[0]
     >>> row["image"].size, row["problem"], row["zoom_box"][2] - row["zoom_box"][0]
-    ((252, 252), 'How many items are there in the grey square?', 84)
-    >>> row["image"].crop(row["zoom_box"]).getpixel((0, 0)) == ZOOM_GREY
+    ((252, 252), 'How many items are there in the grey frame (middle left)?', 84)
+    >>> row["image"].crop(row["zoom_box"]).getpixel((0, 0)) == ZOOM_GREY  # the frame
     True
     """
     tile = 84
@@ -305,12 +308,13 @@ def synthetic_zoom_count(num_samples: int, seed: int, image_size: int | None = N
         col, row = rng.randrange(n), rng.randrange(n)
         scene = Image.new("RGB", (side, side), (255, 255, 255))
         objects = _grid_scene(rng, tile, k)
-        # The tile's white becomes grey: visible at any resolution, so the model can tell where to look.
-        mask = objects.convert("L").point(lambda v: 255 if v < 250 else 0)
-        grey = Image.new("RGB", (tile, tile), ZOOM_GREY)
-        grey.paste(objects, (0, 0), mask)
+        # A grey frame marks the tile (visible at any resolution, so the model can tell where to look); inside it
+        # the scene is synthetic_count's, white (on a grey fill the tiny model did not learn to count in 250 SFT
+        # steps, measured; on white it does in ~100).
+        ImageDraw.Draw(objects).rectangle((0, 0, tile - 1, tile - 1), outline=ZOOM_GREY, width=3)
         box = (col * tile, row * tile, (col + 1) * tile, (row + 1) * tile)
-        scene.paste(grey, box[:2])
-        rows.append({"image": scene, "problem": ZOOM_PROBLEM, "solution": f"<answer> {k} </answer>",
-                     "zoom_box": list(box)})
+        scene.paste(objects, box[:2])
+        where = f"{_ROWS[row]} {_COLUMNS[col]}" if n == 3 else f"row {row + 1}, column {col + 1}"
+        rows.append({"image": scene, "problem": ZOOM_PROBLEM.format(where=where),
+                     "solution": f"<answer> {k} </answer>", "zoom_box": list(box)})
     return rows

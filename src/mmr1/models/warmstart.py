@@ -68,6 +68,8 @@ def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
     ws = cfg.model.warmstart
     if not ws.enabled:
         return base_path
+    for generator in ws.get("curriculum") or ():
+        base_path = maybe_warmstart(curriculum_step(cfg, generator), base_path, processor, limits)
     recipe = _recipe(cfg, base_path, limits)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     out = cache_root() / f"warmstart-{key}"
@@ -79,6 +81,14 @@ def maybe_warmstart(cfg: DictConfig, base_path: str, processor, limits) -> str:
         report = run_warmstart(cfg, base_path, processor, limits, out)
     log.info("Warm-start done: %s", report)
     return str(out)
+
+
+def curriculum_step(cfg: DictConfig, generator: str) -> DictConfig:
+    """The config of one curriculum step: the run's, the dataset's generator swapped, no tools, no curriculum."""
+    step = OmegaConf.merge(cfg, {"dataset": {"generator": generator, "warmstart_generator": None},
+                                 "rollout": {"tools": []}, "model": {"warmstart": {"curriculum": []}}})
+    assert isinstance(step, DictConfig)  # a mapping merged into a mapping
+    return step
 
 
 def warmstart_dataset(cfg: DictConfig) -> DictConfig:

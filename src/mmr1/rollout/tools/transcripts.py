@@ -31,6 +31,7 @@ def expert_turns(row: dict[str, Any], seen_size: tuple[int, int], answer: str, t
     seen_box = [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)]
     env = environment_factory(runner)()
     env.reset(**row)
+    runner.new_round()  # one call, with its own budget: building transcripts is no generation round
     crop = runner.specs[0]
     result = getattr(env, crop.name)(bbox_2d=seen_box)
     call = {"type": "function", "function": {"name": crop.name, "arguments": {"bbox_2d": seen_box}}}
@@ -151,6 +152,7 @@ def generate_with_tools(model: Any, processor: Any, runner: ToolRunner, rows: li
         raise ValueError("rollout.tools with clips: the tool loop renders images only")
     tools: list[Any] = [s.schema for s in runner.specs]
     env_class = environment_factory(runner)
+    runner.new_round()  # this batch's calls share rollout.tool_round_timeout_s, as a GRPO generation round's do
     states = []
     for r in rows:
         prompt = with_images(r["prompt"], [to_pil(i) for i in (r.get("images") or [r.get("image")]) if i is not None])
