@@ -47,7 +47,9 @@ def _ids(proc, texts: list[str]) -> list[list[int]]:
 def batch(tmp_path_factory):
     trainer, proc, rows = _trainer(OVERRIDES, tmp_path_factory.mktemp("tools"))
     gold = [re.search(r"\d+", r["solution"]).group(0) for r in rows]
-    first = [_call("crop", '{"bbox_2d": [0, 0, 84, 84]}'), _call("hang", '{"seconds": 1}'),
+    # The crop is a tall strip (its image a different size from big's), and its answer turn is cut (no end of turn):
+    # a truncated completion, which TRL masks whole, tool image included (mmr1.rollout.tools.attention).
+    first = [_call("crop", '{"bbox_2d": [0, 0, 28, 84]}'), _call("hang", '{"seconds": 1}'),
              _call("boom", '{"reason": "test"}'), _call("big", '{"side": 3000}'),
              "<think>x</think><tool_call>{not json</tool_call>",
              *[f"<think>x</think><answer>{g}</answer>" for g in gold[5:]]]
@@ -60,7 +62,10 @@ def batch(tmp_path_factory):
         wrong = str(int(gold[0]) % 3 + 1)
         texts = first if len(seen) == 1 else [f"<think>y</think><answer>{a}</answer>"
                                               for a in (gold[0], wrong, gold[0], wrong)]
-        return _ids(proc, texts), None
+        ids = _ids(proc, texts)
+        if len(seen) == 2:
+            ids[0] = ids[0][:-1]  # the crop's answer turn ends without <|im_end|>: truncated
+        return ids, None
 
     trainer.generate_turn = scripted
     started = time.monotonic()
@@ -78,9 +83,13 @@ def test_tool_results_are_in_the_completion_and_out_of_the_loss(batch):
     tok, image = proc.tokenizer, proc.image_token_id
     # Only the four parsed calls went back for a second turn, each prompt = prompt + turn + the tool's response.
     assert len(batch["seen"]) == 2 and len(batch["seen"][1]) == 4
-    for i in range(8):
-        own = (tool_mask[i] == 1) & (mask[i] == 1)
-        tool = (tool_mask[i] == 0) & (mask[i] == 1)
+    assert not mask[0].any() and mask[1:].sum(1).min() > 0  # the truncated one is masked whole, the others not
+    real = ids != tok.pad_token_id
+    # The truncated completion is out of the loss whole (TRL zeroes its tool mask too); it still holds its turns.
+    assert not tool_mask[0].any() and tok.decode(ids[0][real[0]]).startswith(batch["first"][0])
+    for i in range(1, 8):
+        own = (tool_mask[i] == 1) & real[i]
+        tool = (tool_mask[i] == 0) & real[i]
         if i < 4:
             model_text = tok.decode(ids[i][own])
             assert model_text.startswith(batch["first"][i]) and model_text.endswith("</answer><|im_end|>")
@@ -89,15 +98,17 @@ def test_tool_results_are_in_the_completion_and_out_of_the_loss(batch):
                 "</tool_response><|im_end|>\n<|im_start|>assistant\n")
         else:  # no parsed call: the whole completion is the model's
             assert not tool.any()
-    # Image tokens of the tool results (crop: its 9; big: downscaled into 7056 pixels, 9) are all masked out.
-    assert [int((ids[i] == image).sum()) for i in range(8)] == [9, 0, 0, 9, 0, 0, 0, 0]
+    # Image tokens of the tool results (the strip: 84x252 from the source, downscaled into 7056 pixels, 28x140: 1x5;
+    # big: 9) are all masked out.
+    assert [int((ids[i] == image).sum()) for i in range(8)] == [5, 0, 0, 9, 0, 0, 0, 0]
     assert not ((ids == image) & (tool_mask == 1)).any()
     assert "error" in tok.decode(ids[1][tool_mask[1] == 0]) and "boom: test" in tok.decode(ids[2][tool_mask[2] == 0])
 
 
 def test_the_loss_skips_tool_tokens_and_sees_the_tool_images(batch):
     trainer, out = batch["trainer"], batch["out"]
-    assert out["pixel_values"].shape[0] == 8 * 36 + 2 * 36  # each rollout's prompt image; the crop and the big one
+    grids = out["image_grid_thw"]  # each rollout's prompt image (6x6 patches), then the strip and big's image
+    assert grids.shape[0] == 10 and out["pixel_values"].shape[0] == int(grids.prod(-1).sum())
     model = trainer.model
 
     def grads(inputs):
@@ -107,8 +118,10 @@ def test_the_loss_skips_tool_tokens_and_sees_the_tool_images(batch):
         assert torch.isfinite(loss)
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
-    # On-policy the GRPO loss is -mean(advantage) whatever the mask; its gradient is where the mask shows: the tool
-    # tokens' log-probs (the mask's zeros, placed by the test above) would pull on the weights.
+    # The forwards run at all only because the masked completion's tool image still counts in Qwen2.5-VL's
+    # positions (mmr1.rollout.tools.attention): without it, the strip's grid goes to big's image, and the forward
+    # fails on a shape mismatch. On-policy the GRPO loss is -mean(advantage) whatever the mask; its gradient is
+    # where the mask shows: the tool tokens' log-probs (the mask's zeros, placed by the test above) would pull.
     masked = grads(out)
     assert masked.abs().sum() > 0
     assert not torch.allclose(masked, grads(dict(out, tool_mask=torch.ones_like(out["tool_mask"]))))
@@ -119,11 +132,12 @@ def test_rewards_score_the_answer_turn_and_metrics_count_what_the_tools_did(batc
     m = batch["metrics"]
     assert m["tools/call_frequency"] == 4 / 8 and m["tools/calls_per_completion"] == 4 / 8
     assert m["tools/failure_frequency"] == 2 / 4  # hang and boom
-    # Downscaled into the 7056-pixel bound: big's 3000x3000, and the crop, whose box (the whole 84x84 view) is the
-    # whole 252x252 source.
+    # Downscaled into the 7056-pixel bound: big's 3000x3000, and the crop, whose box (28x84 of the 84x84 view) is
+    # 84x252 of the source.
     assert (m["tools/errors"], m["tools/timeouts"], m["tools/images_downscaled"]) == (1, 1, 2)
     assert m["tools/turns"] == (4 * 2 + 4) / 8 and m["tools/malformed"] == 1 / 8
-    # The answer turn is what is scored: two of the four tool users and the three plain answers are right.
+    # The answer turn is what is scored (the cut one too): two of the four tool users and the three plain answers
+    # are right.
     assert m["rewards/external_r1v_acc/mean"] == 5 / 8 and m["rewards/format/mean"] == 7 / 8
 
 

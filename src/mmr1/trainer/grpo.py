@@ -28,6 +28,7 @@ from accelerate.utils import gather_object
 from mmr1.data.config import VideoConfig
 from mmr1.internals import GRPOHooks
 from mmr1.rollout.colocate import ROLLOUT_CLIPS
+from mmr1.rollout.tools.attention import attend_images
 from mmr1.rollout.tools.metrics import tool_metrics
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
@@ -190,6 +191,8 @@ class Mmr1GRPOTrainer(GRPOHooks):
         return tokenize_prompts(self.processing_class, prompts, self._clips, self.video, self.chat_template_override)
 
     def logps_context(self, model):
+        if self.tool_runner is not None:  # tool images of masked (truncated) completions: mmr1.rollout.tools.attention
+            return attend_images(model, self.processing_class.image_token_id)
         if self._video_rows is None:
             return super().logps_context(model)
         proc = self.processing_class
