@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from testkit import TINY, compose_cfg
+from testkit import TINY, compose_cfg, free_port
 
 PLUGINS = Path(__file__).with_name("tool_plugins.py")
 TOOLS = f"rollout.tools=[crop,{PLUGINS}:hang,{PLUGINS}:boom,{PLUGINS}:big]"
@@ -146,13 +146,16 @@ def test_a_hanging_tool_costs_its_deadline_not_the_step(batch):
 
 
 @pytest.mark.vllm
-def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees(tmp_path):
+def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees(tmp_path, monkeypatch):
     """The turn after a crop, sampled by vLLM (its CPU build, colocate) from the prompt, the call and the crop: TRL's
     importance-sampling metric compares vLLM's log-probs of those tokens with the trainer's, which must see the same
     two images to agree (trl#6274 was the trainer slicing them wrongly)."""
     overrides = [*OVERRIDES, "rollout=vllm_colocate", "rollout.enforce_eager=true", "rollout.kv_cache_gib=1",
                  "rollout.importance_sampling_correction=true", "rollout.ban_vision_tokens=false",
                  "rollout.tools=[crop]", "trainer.mask_truncated_completions=false"]
+    # The colocate engine opens a torch.distributed group in this test process: on a port of its own (the default,
+    # 29500, is what the colocate runs of other test workers bind), closed at the end.
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     trainer, proc, rows = _trainer(overrides, tmp_path)
     calls: list[int] = []
 
@@ -169,6 +172,8 @@ def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees
         out = trainer._generate_and_score_completions(rows)
     finally:
         trainer.tool_runner.close()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     assert calls == [8, 8]  # every rollout called crop, and vLLM generated its next turn
     assert [int((ids == proc.image_token_id).sum()) for ids in out["completion_ids"]] == [9] * 8
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
