@@ -187,4 +187,4 @@ def tiny_processor():
 # Reward plugin files are loaded by path by the tests (as users' plugins are): importing them here too, for
 # the doctest collection (--doctest-modules), would register their rewards twice.
 collect_ignore = ["rewards/fault_plugin.py", "reliability/plugins.py", "rollout/id_recorder.py",
-                  "rollout/tool_plugins.py", "rollout/train_without_sync.py"]
+                  "rollout/tool_plugins.py", "rollout/tool_vllm_check.py", "rollout/train_without_sync.py"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from testkit import TINY, compose_cfg, free_port
+from testkit import TINY, compose_cfg
 
 PLUGINS = Path(__file__).with_name("tool_plugins.py")
 TOOLS = f"rollout.tools=[crop,{PLUGINS}:hang,{PLUGINS}:boom,{PLUGINS}:big]"
@@ -146,49 +146,25 @@ def test_a_hanging_tool_costs_its_deadline_not_the_step(batch):
 
 
 @pytest.mark.vllm
-def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees(tmp_path, monkeypatch):
-    """The turn after a crop, sampled by vLLM (its CPU build, colocate) from the prompt, the call and the crop: TRL's
-    importance-sampling metric compares vLLM's log-probs of those tokens with the trainer's, which must see the same
-    two images to agree (trl#6274 was the trainer slicing them wrongly)."""
-    overrides = [*OVERRIDES, "rollout=vllm_colocate", "rollout.enforce_eager=true", "rollout.kv_cache_gib=1",
-                 "rollout.importance_sampling_correction=true", "rollout.ban_vision_tokens=false",
-                 "rollout.tools=[crop]", "trainer.mask_truncated_completions=false"]
-    # The colocate engine opens a torch.distributed group in this test process: on a port of its own (the default,
-    # 29500, is what the colocate runs of other test workers bind), closed at the end.
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    trainer, proc, rows = _trainer(overrides, tmp_path)
-    calls: list[int] = []
+def test_vllm_colocate_continues_after_the_tool_with_the_images_the_trainer_sees(tmp_path):
+    """The turn after a crop, sampled by vLLM (its CPU build, colocate) from the prompt, the call and the crop: vLLM's
+    log-probs of those tokens against the trainer's, which agree only if the trainer's forward sees the two images
+    where vLLM does (trl#6274 was the trainer slicing them wrongly). In a process of its own
+    (tests/rollout/tool_vllm_check.py): the colocate engine's process group and environment stay there."""
+    import json
+    import subprocess
+    import sys
 
-    def first_turn_scripted(generate, prompt_ids):
-        calls.append(len(prompt_ids))
-        if len(calls) > 1:
-            return generate()  # vLLM samples the turn after the tool's response
-        _, logprobs = generate()  # vLLM's own first turn, replaced by a crop of the whole view
-        ids = _ids(proc, [_call("crop", '{"bbox_2d": [0, 0, 84, 84]}')] * len(prompt_ids))
-        return ids, None if logprobs is None else [[0.0] * len(i) for i in ids]
+    from testkit import REPO, run_env
 
-    trainer.generate_turn = first_turn_scripted
-    try:
-        out = trainer._generate_and_score_completions(rows)
-    finally:
-        trainer.tool_runner.close()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    assert calls == [8, 8]  # every rollout called crop, and vLLM generated its next turn
-    assert [int((ids == proc.image_token_id).sum()) for ids in out["completion_ids"]] == [9] * 8
-    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    assert metrics["tools/calls_per_completion"] == 1.0
-    # The turn after the tool's response: vLLM's log-probs of its sampled tokens (sampling_per_token_logps) against
-    # the trainer's (old_per_token_logps, a forward over prompt, call, crop and turn). They agree to float32 only if
-    # the trainer's forward placed the crop's features and positions where vLLM did. (The scripted first turn's
-    # "sampling" log-probs are zeros, not vLLM's: left out.)
-    last_tool = [int((m == 0).nonzero().max()) for m in out["tool_mask"]]
-    post = torch.zeros_like(out["tool_mask"], dtype=torch.bool)
-    for i, j in enumerate(last_tool):
-        post[i, j + 1:] = out["completion_mask"][i, j + 1:].bool()
-    assert post.sum() >= 8
-    delta = (out["old_per_token_logps"] - out["sampling_per_token_logps"]).abs()[post]
-    assert delta.max() < 1e-3, f"vLLM and the trainer differ by up to {delta.max():.2e} after the tool's response"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("tool_vllm_check.py")), str(tmp_path)],
+                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["calls"] == [8, 8]  # every rollout called crop, and vLLM generated its next turn
+    assert got["image_tokens"] == [9] * 8 and got["calls_per_completion"] == 1.0
+    assert got["post_tool_tokens"] >= 8
+    assert got["max_delta"] < 1e-3, f"vLLM and the trainer differ by up to {got['max_delta']:.2e} after the tool"
 
 
 def test_logged_completions_show_the_turns(batch):
