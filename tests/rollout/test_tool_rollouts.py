@@ -48,7 +48,7 @@ def batch(tmp_path_factory):
     trainer, proc, rows = _trainer(OVERRIDES, tmp_path_factory.mktemp("tools"))
     gold = [re.search(r"\d+", r["solution"]).group(0) for r in rows]
     # The crop is a tall strip (its image a different size from big's), and its answer turn is cut (no end of turn):
-    # a truncated completion, which TRL masks whole, tool image included (mmr1.rollout.tools.attention).
+    # a truncated completion, which TRL masks whole, tool image included (mmr1.trainer.forward_hooks).
     first = [_call("crop", '{"bbox_2d": [0, 0, 28, 84]}'), _call("hang", '{"seconds": 1}'),
              _call("boom", '{"reason": "test"}'), _call("big", '{"side": 3000}'),
              "<think>x</think><tool_call>{not json</tool_call>",
@@ -119,7 +119,7 @@ def test_the_loss_skips_tool_tokens_and_sees_the_tool_images(batch):
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     # The forwards run at all only because the masked completion's tool image still counts in Qwen2.5-VL's
-    # positions (mmr1.rollout.tools.attention): without it, the strip's grid goes to big's image, and the forward
+    # positions (mmr1.trainer.forward_hooks): without it, the strip's grid goes to big's image, and the forward
     # fails on a shape mismatch. On-policy the GRPO loss is -mean(advantage) whatever the mask; its gradient is
     # where the mask shows: the tool tokens' log-probs (the mask's zeros, placed by the test above) would pull.
     masked = grads(out)

@@ -184,9 +184,7 @@ def _rollout_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "use_vllm": r.backend == "vllm",
         "vllm_importance_sampling_correction": r.importance_sampling_correction,
     }
-    if r.get("tools"):
-        if int(r.max_tool_calls) < 1:
-            raise ValueError(f"rollout.max_tool_calls={r.max_tool_calls}: must be >= 1 with rollout.tools set")
+    if r.get("tools"):  # its bounds are checked with the tools' (mmr1.rollout.tools.settings, the dry run too)
         out["max_tool_calling_iterations"] = int(r.max_tool_calls)
     if r.backend == "hf":
         if r.cache_implementation is not None:

@@ -13,6 +13,7 @@ from mmr1.launch.memory import memory_summary
 from mmr1.launch.run import write_launch_plan
 from mmr1.models.lora import plan_lines
 from mmr1.rollout.tools.registry import load_function
+from mmr1.rollout.tools.settings import tool_settings
 
 SHOWN = ["learning_rate", "beta", "loss_type", "num_generations", "per_device_train_batch_size",
          "gradient_accumulation_steps", "max_completion_length", "num_iterations", "max_grad_norm",
@@ -28,12 +29,12 @@ def dry_run(cfg: DictConfig, grpo_kwargs: dict[str, Any], limits: Any, run_dir: 
           f"{'/' + cfg.rollout.vllm_mode if cfg.rollout.vllm_mode else ''} "
           f"deepspeed={'zero' + str(cfg.deepspeed.stage) if cfg.deepspeed.enabled else 'off'}")
     print(f"  image pixels: min={limits.min_pixels} max={limits.max_pixels}")
-    r = cfg.rollout
-    if r.get("tools"):
-        for entry in r.tools:  # a typo or a missing tool file fails here, naming the entry (schemas: at start-up)
-            load_function(str(entry))
-        print(f"  tools: {list(r.tools)} (at most {r.max_tool_calls} call(s) per completion, inside "
-              f"max_completion_length; {r.tool_timeout_s:g} s per call, {r.tool_round_timeout_s:g} s per round)")
+    tools = tool_settings(cfg, limits)  # rollout.tools' bounds, checked
+    if tools is not None:
+        for entry in tools.entries:  # a typo or a missing tool file fails here, naming the entry (schemas: at start-up)
+            load_function(entry)
+        print(f"  tools: {tools.entries} (at most {tools.max_calls} call(s) per completion, inside "
+              f"max_completion_length; {tools.timeout_s:g} s per call, {tools.round_timeout_s:g} s per round)")
     for line in plan_lines(cfg.model, cfg.rollout):  # lora/qlora: the adapters, and vLLM's merged weight sync
         print(line)
     for k in SHOWN:

@@ -29,6 +29,15 @@ from mmr1.models.generation import generate
 from mmr1.models.tiny import build_lock, cache_root
 from mmr1.rewards import get as get_reward
 from mmr1.rollout.tools.settings import tool_runner
+from mmr1.rollout.tools.template import enable_tools
+from mmr1.rollout.tools.transcripts import (
+    TranscriptCollator,
+    conversation_images,
+    expert_turns,
+    generate_with_tools,
+    transcript_features,
+    with_images,
+)
 from mmr1.tracking.quiet import weight_bars_off
 
 log = logging.getLogger(__name__)
@@ -173,24 +182,13 @@ def _tool_warmstart(cfg: DictConfig, base_path: str, processor, data, runner, ou
     import torch
     from transformers import AutoModelForImageTextToText, Trainer
 
-    from mmr1.rollout.tools.template import enable_tools
-    from mmr1.rollout.tools.transcripts import (
-        TranscriptCollator,
-        conversation_images,
-        expert_turns,
-        transcript_features,
-        with_images,
-    )
-
     ws = cfg.model.warmstart
     enable_tools(processor)
     schemas = [s.schema for s in runner.specs]
     rows = []
     for r in data.train:
         messages = with_images(r["prompt"], [r["image"]])
-        m = _ANSWER.search(r["solution"])
-        answer = (m.group(1) if m else r["solution"]).strip()
-        messages += expert_turns(r, r["image"].size, answer, ws.think, runner)
+        messages += expert_turns(r, r["image"].size, target_completion(r["solution"], ws.think), ws.think, runner)
         rows.append({**transcript_features(processor, messages, schemas), "images": conversation_images(messages)})
     train_ds = datasets.Dataset.from_list(rows)
     assert data.eval is not None  # warmstart_data_cfg always holds out the gate's rows
@@ -226,28 +224,19 @@ def _train_and_publish(trainer, model, processor, gate, base_path: str, out: Pat
     return report
 
 
-def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
-    """Greedy completions (text) for rows with ``prompt`` messages and one ``image``."""
-    was_training = model.training
-    model.eval()
-    try:
-        return [g[0]["text"] for i in range(0, len(rows), batch_size)
-                for g in generate(model, processor, rows[i:i + batch_size], n=1, do_sample=False,
-                                  max_new_tokens=max_new_tokens)]
-    finally:
-        model.train(was_training)
-
-
-def tool_answers(model, processor, runner, rows: list[dict], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy answer turns for rows, the tools run between turns."""
-    from mmr1.rollout.tools.transcripts import generate_with_tools
+def greedy_answers(model, processor, rows: list[dict], max_new_tokens: int = 24, batch_size: int = 64,
+                   runner: Any = None) -> list[str]:
+    """Greedy completions (text) for rows with ``prompt`` messages and one ``image``; with ``runner`` (rollout.tools)
+    the tools run between turns and the text is the answer turn (mmr1.rollout.tools.transcripts)."""
+    def answers(part: list[dict]) -> list[list[dict]]:
+        if runner is None:
+            return generate(model, processor, part, n=1, do_sample=False, max_new_tokens=max_new_tokens)
+        return generate_with_tools(model, processor, runner, part, n=1, do_sample=False, max_new_tokens=max_new_tokens)
 
     was_training = model.training
     model.eval()
     try:
-        return [g[0]["text"] for i in range(0, len(rows), batch_size)
-                for g in generate_with_tools(model, processor, runner, rows[i:i + batch_size], n=1, do_sample=False,
-                                             max_new_tokens=max_new_tokens)]
+        return [g[0]["text"] for i in range(0, len(rows), batch_size) for g in answers(rows[i:i + batch_size])]
     finally:
         model.train(was_training)
 
@@ -268,10 +257,8 @@ class AccuracyGate(TrainerCallback):
         step = state.global_step
         if step < self.ws.gate_start or step % self.ws.gate_every or model is None:
             return
-        if self.runner is None:
-            answers = greedy_answers(model, self.processor, self.rows)
-        else:
-            answers = tool_answers(model, self.processor, self.runner, self.rows, self.max_new_tokens)
+        tools = {} if self.runner is None else {"runner": self.runner, "max_new_tokens": self.max_new_tokens}
+        answers = greedy_answers(model, self.processor, self.rows, **tools)
         scores = self.reward(answers, solution=[r["solution"] for r in self.rows])
         self.last_accuracy = sum(float(v or 0.0) for v in scores) / max(len(scores), 1)
         self.history.append((step, self.last_accuracy))

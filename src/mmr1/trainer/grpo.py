@@ -19,7 +19,6 @@ TRL's private methods are reached through ``mmr1.internals.GRPOHooks``; this cla
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -27,15 +26,14 @@ from accelerate.utils import gather_object
 
 from mmr1.data.config import VideoConfig
 from mmr1.internals import GRPOHooks
+from mmr1.rewards.text import flat_messages  # re-exported: the trainer's log() flattens with it
 from mmr1.rollout.colocate import ROLLOUT_CLIPS
-from mmr1.rollout.tools.attention import attend_images
 from mmr1.rollout.tools.metrics import tool_metrics
 from mmr1.rollout.vision_tokens import cut_at_vision_tokens
 from mmr1.tracking.per_task import per_task_means
 from mmr1.trainer.dynamic_sampling import loss_tokens, refill_indices, sample_batch
+from mmr1.trainer.forward_hooks import attend_images
 from mmr1.trainer.video import feed_videos, row_clips, tokenize_prompts, video_rows
-
-IMAGE_MARK = "<image>"
 
 
 def cap_to_context(prompt_ids: list[list[int]], completion_ids: list[list[int]], logprobs: list | None,
@@ -50,34 +48,6 @@ def cap_to_context(prompt_ids: list[list[int]], completion_ids: list[list[int]],
     if logprobs is not None:
         logprobs = [lp[:k] for lp, k in zip(logprobs, caps, strict=True)]
     return completion_ids, logprobs
-
-
-def flat_messages(messages: list[dict]) -> list[dict]:
-    """Messages with string content (image parts as ``<image>``): the shape wandb's Table can type.
-
-    >>> flat_messages([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}])
-    [{'role': 'user', 'content': '<image>How many?'}]
-
-    A tool-using completion's turns (rollout.tools) keep only role and content: a call is written out as the model
-    wrote it, and every message has the same keys (wandb types a column from its rows).
-
-    >>> call = {"type": "function", "function": {"name": "crop", "arguments": {"bbox_2d": [0, 0, 28, 28]}}}
-    >>> flat_messages([{"role": "assistant", "content": "<think>zoom</think>", "tool_calls": [call]},
-    ...                {"role": "tool", "name": "crop", "content": [{"type": "image", "image": None}]}])[0]["content"]
-    '<think>zoom</think><tool_call>{"name": "crop", "arguments": {"bbox_2d": [0, 0, 28, 28]}}</tool_call>'
-    """
-    out = []
-    for m in messages:
-        content = m.get("content") or ""
-        if not isinstance(content, str):
-            content = "".join(p.get("text") or "" if p.get("type") == "text" else IMAGE_MARK for p in content)
-        calls = m.get("tool_calls")
-        if calls or m.get("role") == "tool":
-            content += "".join(f"<tool_call>{json.dumps(c.get('function', c))}</tool_call>" for c in calls or ())
-            out.append({"role": m["role"], "content": content})
-        else:
-            out.append({**m, "content": content})
-    return out
 
 
 class Mmr1GRPOTrainer(GRPOHooks):
@@ -191,7 +161,7 @@ class Mmr1GRPOTrainer(GRPOHooks):
         return tokenize_prompts(self.processing_class, prompts, self._clips, self.video, self.chat_template_override)
 
     def logps_context(self, model):
-        if self.tool_runner is not None:  # tool images of masked (truncated) completions: mmr1.rollout.tools.attention
+        if self.tool_runner is not None:  # tool images of masked (truncated) completions: mmr1.trainer.forward_hooks
             return attend_images(model, self.processing_class.image_token_id)
         if self._video_rows is None:
             return super().logps_context(model)

@@ -27,8 +27,8 @@ from mmr1.reliability.resume import resolve_resume
 from mmr1.rewards.audit import audit_at_start
 from mmr1.rollout.colocate import colocate_engine, sync_colocate_weights
 from mmr1.rollout.tools.environment import environment_factory
-from mmr1.rollout.tools.registry import resolve
-from mmr1.rollout.tools.settings import tool_response_tokens, tool_runner, tool_settings
+from mmr1.rollout.tools.runner import ToolRunner
+from mmr1.rollout.tools.settings import tool_response_tokens, tool_runner
 from mmr1.rollout.tools.template import enable_tools
 from mmr1.rollout.vision_tokens import banned_generation
 from mmr1.tracking.curves import plot_curves
@@ -51,6 +51,7 @@ class Data:
     policy: Policy  # the base model's path and processor (the warm-start waits until the data is known good)
     fit: Report  # the pre-flight: the longest prompt, the room it leaves, the rows skipped
     reward_audit: dict[str, Any] | None  # rank 0 only
+    tools: ToolRunner | None  # rollout.tools, resolved (their workers start at the first call)
 
 
 @dataclass
@@ -74,22 +75,22 @@ def load_data(cfg: DictConfig, run: Run) -> Data:
     # over-long rows are named (or skipped, dataset.on_long_prompt).
     # rollout.tools: prompts list the tools (Qwen's tool format, mmr1.rollout.tools.template), and the completion
     # budget must hold max_tool_calls tool responses.
-    settings = tool_settings(cfg, run.limits)
-    tools, budget = None, None
-    if settings is not None:
+    runner = tool_runner(cfg, run.limits)
+    schemas, budget = None, None
+    if runner is not None:
         enable_tools(policy.processor)
-        tools = [resolve(e).schema for e in settings.entries]
-        budget = ToolBudget(settings.max_calls, tool_response_tokens(policy.processor, settings))
+        schemas = [spec.schema for spec in runner.specs]
+        budget = ToolBudget(runner.settings.max_calls, tool_response_tokens(policy.processor, runner.settings))
     fit = preflight(policy.processor, bundle, max_length=cfg.trainer.max_length, context=cfg.rollout.max_model_len,
                     max_completion_length=cfg.trainer.max_completion_length,
-                    skip=data_skips_long_prompts(cfg.dataset), tools=tools, tool_budget=budget)
+                    skip=data_skips_long_prompts(cfg.dataset), tools=schemas, tool_budget=budget)
     audit = None
     if run.main:
         write_json(run.dir / "preflight.json", dataclasses.asdict(fit))  # the longest prompt, the rows skipped
         # Which wrong or degenerate completions the rewards pay, on this run's first rows: audit.json and a
         # warning; seconds, never fails the run.
         audit = audit_at_start(cfg, run.reward_funcs, bundle.train, run.dir)
-    return Data(bundle=bundle, policy=policy, fit=fit, reward_audit=audit)
+    return Data(bundle=bundle, policy=policy, fit=fit, reward_audit=audit, tools=runner)
 
 
 def load_policy(cfg: DictConfig, data: Data) -> Model:
@@ -117,12 +118,10 @@ def build_trainer(cfg: DictConfig, run: Run, model: Model, data: Data) -> tuple[
     for split, n in stats.get("long_prompts_skipped", {}).items():
         metrics.extra[f"data/long_prompts_skipped_{split}"] = n
     colocate = cfg.rollout.backend == "vllm" and cfg.rollout.vllm_mode == "colocate"
-    # rollout.tools: Qwen's tool-call format on the processor, each call bounded in worker processes.
-    runner = tool_runner(cfg, run.limits)
+    # rollout.tools: each call bounded in worker processes (the processor renders Qwen's tool format: load_data).
     tools: dict[str, Any] = {}
-    if runner is not None:
-        enable_tools(processor)
-        tools = {"tool_runner": runner, "environment_factory": environment_factory(runner)}
+    if data.tools is not None:
+        tools = {"tool_runner": data.tools, "environment_factory": environment_factory(data.tools)}
     # dtype, eager, KV cache, image limits, unexpanded prompts: what TRL does not give the engine.
     with colocate_engine(cfg, processor) if colocate else nullcontext():
         trainer = Mmr1GRPOTrainer(

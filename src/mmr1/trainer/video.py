@@ -23,6 +23,7 @@ import torch
 
 from mmr1.data.config import VideoConfig
 from mmr1.data.videos import Clip, processor_video_kwargs
+from mmr1.trainer.forward_hooks import forward_pre_hook
 
 VideoRow = dict[str, Any]  # {"pixel_values_videos": Tensor, "video_grid_thw": LongTensor (n, 3), "second_per_grid_ts"}
 
@@ -106,11 +107,8 @@ def feed_videos(model: torch.nn.Module, rows: list[VideoRow], image_id: int | No
             kwargs["mm_token_type_ids"] = mm_token_type_ids(ids, image_id, video_id)
         return args, kwargs
 
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with forward_pre_hook(model, hook):
         yield
-    finally:
-        handle.remove()
     if cursor != len(rows):
         raise RuntimeError(f"the log-prob forwards saw {cursor} rows for {len(rows)} rows of clips: TRL's forward "
                            "loop no longer covers the batch once in order (mmr1.trainer.video)")

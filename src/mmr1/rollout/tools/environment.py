@@ -8,6 +8,7 @@ the dataset kept it, ``source_images``) and counts the calls, refusing those pas
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 from typing import Any
@@ -76,8 +77,10 @@ def _method(spec: ToolSpec) -> Any:
     return method
 
 
+@functools.cache
 def environment_factory(runner: ToolRunner) -> type[ToolEnvironment]:
-    """A ToolEnvironment class with one method per tool of ``runner``: TRL's ``environment_factory``."""
+    """A ToolEnvironment class with one method per tool of ``runner``: TRL's ``environment_factory``. One class per
+    runner (its tools do not change), however many rollouts, transcripts or gates ask for it."""
     methods = {spec.name: _method(spec) for spec in runner.specs}
     reserved = {"reset", "get_reward"} & set(methods)
     if reserved:

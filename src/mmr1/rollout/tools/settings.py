@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmr1.data.images import PixelLimits, image_tokens, smart_resize
+from mmr1.data.images import FACTOR, PixelLimits
 from mmr1.rollout.tools.runner import ToolRunner, ToolSettings
 
 
@@ -37,15 +37,13 @@ def tool_runner(cfg: Any, limits: PixelLimits) -> ToolRunner | None:
 
 
 def max_tool_image_tokens(settings: ToolSettings) -> int:
-    """The most image tokens one tool image can cost: the largest image smart_resize lets through the bounds.
+    """The most image tokens one tool image can cost: one per 28x28 block of the pixel bound (smart_resize keeps every
+    image within it, and an image costs ``(w // 28) * (h // 28)`` tokens).
 
     >>> max_tool_image_tokens(ToolSettings(["crop"], limits=PixelLimits(3136, 7056)))
     9
     """
-    side = int(settings.limits.max_pixels ** 0.5)
-    h, w = smart_resize(side, side, min_pixels=settings.limits.min_pixels, max_pixels=settings.limits.max_pixels)
-    # A square is the worst case up to rounding; an elongated image's sides round to at most as many 28-px blocks.
-    return max(image_tokens(w, h), settings.limits.max_pixels // 28 // 28)
+    return settings.limits.max_pixels // (FACTOR * FACTOR)
 
 
 def tool_response_tokens(processor: Any, settings: ToolSettings) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mmr1.internals import parse_response
 from mmr1.models.generation import completion_lengths, to_pil
-from mmr1.rewards.text import completion_text
+from mmr1.rewards.text import completion_text, flat_messages
 from mmr1.rollout.tools.environment import ToolEnvironment, environment_factory
 from mmr1.rollout.tools.runner import ToolRunner
 from mmr1.rollout.tools.template import tool_chat_template
@@ -18,11 +18,12 @@ from mmr1.rollout.tools.template import tool_chat_template
 IGNORE = -100
 
 
-def expert_turns(row: dict[str, Any], seen_size: tuple[int, int], answer: str, think: str,
+def expert_turns(row: dict[str, Any], seen_size: tuple[int, int], target: str, think: str,
                  runner: ToolRunner) -> list[dict[str, Any]]:
     """What the model should say for a row: with a ``zoom_box`` (the region to crop, in source pixels) a crop of it in
-    the coordinates the model sees, the crop as the tool's response, then the answer; without one, the answer."""
-    final = {"role": "assistant", "content": f"<think>{think}</think><answer>{answer}</answer>"}
+    the coordinates the model sees (the call's turn reasons ``think``), the crop as the tool's response, then
+    ``target`` (the warm-start's answer turn, mmr1.models.warmstart.target_completion); without one, ``target``."""
+    final = {"role": "assistant", "content": target}
     box = row.get("zoom_box")
     if box is None:
         return [final]
@@ -37,24 +38,6 @@ def expert_turns(row: dict[str, Any], seen_size: tuple[int, int], answer: str, t
     call = {"type": "function", "function": {"name": crop.name, "arguments": {"bbox_2d": seen_box}}}
     return [{"role": "assistant", "content": f"<think>{think}</think>", "tool_calls": [call]},
             {"role": "tool", "name": crop.name, "content": result}, final]
-
-
-def printable(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Turns as JSON can hold them: an image part becomes ``<image WxH>`` in the text.
-
-    >>> from PIL import Image
-    >>> printable([{"role": "tool", "content": [{"type": "image", "image": Image.new("RGB", (84, 84))}]}])
-    [{'role': 'tool', 'content': '<image 84x84>'}]
-    """
-    out = []
-    for m in turns:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text") or "" if p.get("type") == "text"
-                              else f"<image {p['image'].width}x{p['image'].height}>" if "image" in p else "<image>"
-                              for p in content)
-        out.append({**m, "content": content})
-    return out
 
 
 def conversation_images(messages: list[dict[str, Any]]) -> list[Any]:
@@ -145,7 +128,8 @@ def generate_with_tools(model: Any, processor: Any, runner: ToolRunner, rows: li
                         top_k: int = 0, video: Any = None) -> list[list[dict]]:
     """``mmr1.models.generation.generate``'s completions with the tools run between turns: each completion's tokens,
     tool responses included, stay within ``max_new_tokens`` (TRL's ``max_completion_length`` rule). Each result also
-    holds ``turns`` (printable) and ``tool_calls``; ``text`` is the answer turn, what the rewards score."""
+    holds ``turns`` (as text: mmr1.rewards.text.flat_messages, images with their sizes) and ``tool_calls``; ``text``
+    is the answer turn, what the rewards score."""
     import torch
 
     if video is not None and any(r.get("videos") for r in rows):
@@ -195,8 +179,8 @@ def generate_with_tools(model: Any, processor: Any, runner: ToolRunner, rows: li
             if not s.done:
                 s.turns.extend(_run_calls(s.env, calls))
     flat = [{"text": completion_text(s.turns) or "", "length": s.used, "truncated": s.truncated,
-             "turns": printable(s.turns), "tool_calls": sum(len(t.get("tool_calls") or ()) for t in s.turns)}
-            for s in states]
+             "turns": flat_messages(s.turns, image_sizes=True),
+             "tool_calls": sum(len(t.get("tool_calls") or ()) for t in s.turns)} for s in states]
     return [flat[i * n:(i + 1) * n] for i in range(len(rows))]
 
 
